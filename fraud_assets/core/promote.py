@@ -1,0 +1,37 @@
+"""Champion / challenger: promote only a challenger that passes the bars and beats the champion."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from fraud_assets.params import PromoteParams
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+
+
+def minimum_bar_failures(metrics: Mapping[str, float], p: PromoteParams) -> list[str]:
+    """The absolute bars ``metrics`` fails (empty when it passes them all)."""
+    bars = {"average_precision": p.min_average_precision, "roc_auc": p.min_roc_auc}
+    return [f"{k} {metrics[k]:.4f} < {v:.4f}" for k, v in bars.items() if metrics[k] < v]
+
+
+def decide_promotion(challenger: Mapping[str, float], champion: Mapping[str, float] | None,
+                     p: PromoteParams) -> Decision:
+    """Promote when the challenger passes the bars and beats the champion (same holdout) by the margin."""
+    failures = minimum_bar_failures(challenger, p)
+    if failures:
+        return Decision(False, "below minimum bars: " + "; ".join(failures))
+    m = p.primary_metric
+    if champion is None:
+        return Decision(True, f"no champion yet; challenger {m} {challenger[m]:.4f} passes the bars")
+    gain = challenger[m] - champion[m]
+    verdict = f"challenger {m} {challenger[m]:.4f} vs champion {champion[m]:.4f} (gain {gain:+.4f}, " \
+              f"margin {p.min_improvement:.4f})"
+    if gain >= p.min_improvement:
+        return Decision(True, "beats champion: " + verdict)
+    return Decision(False, "does not beat champion: " + verdict)

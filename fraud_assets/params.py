@@ -1,0 +1,120 @@
+"""Typed parameters loaded from ``params.yaml``: the one place a size, hyperparameter or threshold lives.
+
+Models here declare *types and bounds only*; every value comes from the YAML file, so nothing
+re-declares a default in code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FraudSimParams(_Strict):
+    large_amount_threshold: float = Field(gt=0)
+    large_amount_rate: float = Field(ge=0, le=1)
+    compromised_cards_per_day: float = Field(ge=0)
+    card_compromise_days: int = Field(ge=1)
+    card_fraud_share: float = Field(ge=0, le=1)
+    card_amount_multiplier: tuple[float, float]
+
+
+class DataParams(_Strict):
+    dir: str
+    start_month: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
+    months: int = Field(ge=1, le=120)
+    seed: int
+    n_customers: int = Field(ge=1)
+    n_terminals: int = Field(ge=1)
+    terminals_per_customer: int = Field(ge=1)
+    mean_tx_per_day: float = Field(gt=0)
+    fraud: FraudSimParams
+
+
+class FeatureParams(_Strict):
+    night_hours: tuple[int, int]
+
+
+class SplitParams(_Strict):
+    train_months: int = Field(ge=1)
+    validation_days: int = Field(ge=1)
+
+
+class TrainParams(_Strict):
+    n_estimators: int = Field(ge=1)
+    max_depth: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    subsample: float = Field(gt=0, le=1)
+    colsample_bytree: float = Field(gt=0, le=1)
+    min_child_weight: float = Field(ge=0)
+    early_stopping_rounds: int = Field(ge=1)
+    n_threads: int = Field(ge=1)
+    scale_pos_weight: float | Literal["auto"]
+    seed: int
+
+
+class EvaluateParams(_Strict):
+    precision_target: float = Field(gt=0, le=1)
+    card_precision_k: int = Field(ge=1)
+
+
+class PromoteParams(_Strict):
+    primary_metric: Literal["average_precision", "roc_auc"]
+    min_improvement: float = Field(ge=0)
+    min_average_precision: float = Field(ge=0, le=1)
+    min_roc_auc: float = Field(ge=0, le=1)
+
+
+class ServeParams(_Strict):
+    host: str
+    port: int = Field(ge=1, le=65535)
+    model_name: str
+    alias: str
+    num_threads: int = Field(ge=1)
+    min_replicas: int = Field(ge=1)
+    max_replicas: int = Field(ge=1)
+    target_ongoing_requests: float = Field(gt=0)
+    max_ongoing_requests: int = Field(ge=1)
+
+
+class MonitorParams(_Strict):
+    psi_threshold: float = Field(gt=0)
+
+
+class Params(_Strict):
+    data: DataParams
+    features: FeatureParams
+    split: SplitParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    promote: PromoteParams
+    serve: ServeParams
+    monitor: MonitorParams
+
+    @field_validator("serve")
+    @classmethod
+    def _replicas_ordered(cls, v: ServeParams) -> ServeParams:
+        if v.max_replicas < v.min_replicas:
+            raise ValueError("serve.max_replicas must be >= serve.min_replicas")
+        return v
+
+
+def load_params(path: str | Path | None = None) -> Params:
+    """Load and validate ``params.yaml`` (default: the one at the project root)."""
+    from fraud_assets.settings import project_root
+
+    p = Path(path) if path is not None else project_root() / "params.yaml"
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"params file not found: {p}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{p}: expected a mapping of sections, got {type(raw).__name__}")
+    return Params.model_validate(raw)

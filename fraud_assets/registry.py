@@ -1,0 +1,111 @@
+"""The one MLflow boundary: experiments, model logging in XGBoost's format, versions and aliases.
+
+Everything goes through an explicit ``MlflowClient`` bound to a tracking URI; nothing here sets
+process-wide state at import time. Aliases, never the deprecated stages.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import xgboost as xgb
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from fraud_assets.core.train import load_model
+
+MODEL_ARTIFACT = "model"
+THRESHOLD_TAG = "threshold"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A registry version ready to score."""
+
+    version: str
+    booster: xgb.Booster
+    threshold: float
+    tags: Mapping[str, str]
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    """A client bound to ``tracking_uri`` (the registry lives in the same store)."""
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: str) -> str:
+    """The id of experiment ``name``, created with artifacts under ``artifact_root`` if missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=f"{artifact_root.rstrip('/')}/{name}")
+    except MlflowException:  # created concurrently by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def log_booster(booster: xgb.Booster, run_id: str, tracking_uri: str) -> str:
+    """Log ``booster`` in XGBoost's UBJSON format to ``run_id``; return the logged model's URI."""
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        info = mlflow.xgboost.log_model(
+            booster,
+            name=MODEL_ARTIFACT,
+            model_format="ubj",
+            pip_requirements=[f"xgboost=={xgb.__version__}"],
+        )
+    return info.model_uri
+
+
+def register_version(client: MlflowClient, model_name: str, model_uri: str, run_id: str,
+                     tags: Mapping[str, str]) -> ModelVersion:
+    """Register ``model_uri`` as a new version of ``model_name`` with ``tags``."""
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as exc:
+        if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+            raise
+    return client.create_model_version(model_name, source=model_uri, run_id=run_id,
+                                       tags={k: str(v) for k, v in tags.items()})
+
+
+def alias_version(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
+    """The version ``alias`` points at, or None when the alias (or the model) does not exist."""
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
+            return None
+        raise
+
+
+def load_version(client: MlflowClient, model_name: str, version: str, n_threads: int = 1) -> LoadedModel:
+    """Download a version's XGBoost file and load it (no pickle, no pyfunc)."""
+    mv = client.get_model_version(model_name, version)
+    with tempfile.TemporaryDirectory(prefix="fraud-model-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{model_name}/{version}", dst_path=tmp, tracking_uri=client._tracking_client.tracking_uri))
+        files = sorted(local.rglob("*.ubj")) or sorted(local.rglob("model.json"))
+        if not files:
+            raise FileNotFoundError(f"{model_name} v{version}: no XGBoost model file in {mv.source}")
+        booster = load_model(files[0], n_threads=n_threads)
+    if THRESHOLD_TAG not in mv.tags:
+        raise ValueError(f"{model_name} v{version} has no '{THRESHOLD_TAG}' tag")
+    return LoadedModel(version=str(mv.version), booster=booster, threshold=float(mv.tags[THRESHOLD_TAG]),
+                       tags=dict(mv.tags))
+
+
+def load_alias(client: MlflowClient, model_name: str, alias: str, n_threads: int = 1) -> LoadedModel:
+    """Resolve ``alias`` to a version and load it."""
+    mv = alias_version(client, model_name, alias)
+    if mv is None:
+        raise LookupError(f"registered model {model_name!r} has no alias {alias!r}")
+    return load_version(client, model_name, str(mv.version), n_threads=n_threads)

@@ -1,0 +1,47 @@
+"""pandera schemas of the canonical transaction, shared by Dagster, DVC stages and the import command."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+REQUIRED_COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount", "is_fraud"]
+
+
+class TransactionModel(pa.DataFrameModel):
+    """One row per card transaction, with its label."""
+
+    transaction_id: Series[str] = pa.Field(nullable=False, str_length={"min_value": 1})
+    tx_datetime: Series[pd.DatetimeTZDtype] = pa.Field(
+        nullable=False, dtype_kwargs={"unit": "ns", "tz": "UTC"}
+    )
+    customer_id: Series[str] = pa.Field(nullable=False, str_length={"min_value": 1})
+    terminal_id: Series[str] = pa.Field(nullable=False, str_length={"min_value": 1})
+    amount: Series[float] = pa.Field(nullable=False, ge=0)
+    is_fraud: Series[int] = pa.Field(nullable=False, isin=[0, 1])
+
+    @pa.check("amount", name="amount_is_finite")
+    def _finite(cls, amount: Series[float]) -> Series[bool]:
+        return pd.Series(np.isfinite(amount.to_numpy(dtype=float)), index=amount.index)
+
+    class Config:
+        coerce = True
+        strict = False  # extra columns (e.g. the simulator's oracle) are kept, never used as features
+
+
+def transaction_schema(month_start: pd.Timestamp | None = None, month_end: pd.Timestamp | None = None
+                       ) -> pa.DataFrameSchema:
+    """The transaction schema; with bounds, timestamps must fall in ``[month_start, month_end)``."""
+    schema = TransactionModel.to_schema()
+    schema = schema.update_column("transaction_id", unique=True, report_duplicates="exclude_first")
+    if month_start is not None and month_end is not None:
+        in_month = pa.Check(
+            lambda s: (s >= month_start) & (s < month_end),
+            name=f"tx_datetime_in_month[{month_start:%Y-%m}]",
+            element_wise=False,
+        )
+        col = schema.columns["tx_datetime"]
+        schema = schema.update_column("tx_datetime", checks=[*col.checks, in_month])
+    return schema
