@@ -35,6 +35,7 @@ class DataParams(_Strict):
     n_terminals: int = Field(ge=1)
     terminals_per_customer: int = Field(ge=1)
     mean_tx_per_day: float = Field(gt=0)
+    max_quarantine_share: float = Field(ge=0, le=1)
     fraud: FraudSimParams
 
 

@@ -92,7 +92,7 @@ def load_version(client: MlflowClient, model_name: str, version: str, n_threads:
     mv = client.get_model_version(model_name, version)
     with tempfile.TemporaryDirectory(prefix="fraud-model-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{model_name}/{version}", dst_path=tmp, tracking_uri=client._tracking_client.tracking_uri))
+            artifact_uri=f"models:/{model_name}/{version}", dst_path=tmp, tracking_uri=client.tracking_uri))
         files = sorted(local.rglob("*.ubj")) or sorted(local.rglob("model.json"))
         if not files:
             raise FileNotFoundError(f"{model_name} v{version}: no XGBoost model file in {mv.source}")

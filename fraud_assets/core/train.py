@@ -79,3 +79,13 @@ def load_model(path: str | Path, n_threads: int = 1) -> xgb.Booster:
     booster.load_model(Path(path))
     booster.set_param({"nthread": n_threads})
     return booster
+
+
+def fit_challenger(train: pd.DataFrame, valid: pd.DataFrame, p: TrainParams, precision_target: float,
+                   columns: Sequence[str] = FEATURE_COLUMNS) -> tuple[xgb.Booster, float]:
+    """Train a booster and choose its alert threshold on the validation window (never the holdout)."""
+    from fraud_assets.core.evaluate import choose_threshold
+
+    booster = train_model(train, valid, p, columns)
+    threshold = choose_threshold(valid[LABEL].to_numpy(), predict(booster, valid), precision_target)
+    return booster, threshold

@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make demo` (the whole path on embedded defaults) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+VENV := .venv
+BIN := $(VENV)/bin
+
+export UV_COMPILE_BYTECODE := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export DAGSTER_DISABLE_TELEMETRY := 1
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
+
+.PHONY: install demo test lint up down bootstrap clean
+
+# Bootstrap uv when it is missing, then the locked environment (re-synced when the lock changes).
+$(VENV)/.synced: uv.lock pyproject.toml
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
+	$(UV) sync --frozen
+	@touch $@
+
+install: $(VENV)/.synced
+
+demo: install  ## simulate -> DVC -> Dagster -> MLflow -> Ray Serve -> HTTP scores, then stop everything
+	$(BIN)/fraud demo
+
+test: install  ## the whole test suite (slow tests included)
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+bootstrap: install  ## data + a champion if there is none yet (used by `make up`)
+	$(BIN)/fraud bootstrap
+
+up: bootstrap  ## Dagster UI :3000, MLflow UI :5000, model :8000, all on 127.0.0.1, until Ctrl-C
+	bash scripts/up.sh
+
+down:  ## stop what `make up` started (when it was not stopped with Ctrl-C)
+	bash scripts/down.sh
+
+clean: down  ## remove all runtime state (Dagster home, MLflow store, DVC remote, logs)
+	rm -rf .state data/prepared data/features models

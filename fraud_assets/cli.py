@@ -1,0 +1,220 @@
+"""The ``fraud`` command: simulate, pin, run the pipeline, serve, score, and the end-to-end demo."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fraud_assets import settings
+
+app = typer.Typer(help="Fraud detection MLOps: DVC snapshots -> Dagster -> MLflow -> Ray Serve.",
+                  no_args_is_help=True, add_completion=False)
+
+
+def _root() -> Path:
+    settings.disable_telemetry()
+    return settings.project_root()
+
+
+@app.command()
+def simulate(
+    start: Annotated[str | None, typer.Option(help="First month, YYYY-MM (default: data.start_month)")] = None,
+    months: Annotated[int | None, typer.Option(help="How many months (default: data.months)")] = None,
+) -> None:
+    """Simulate monthly snapshots into the data folder and print a summary per month."""
+    from fraud_assets.core.lineage import file_md5
+    from fraud_assets.core.months import snapshot_path
+    from fraud_assets.core.simulate import simulate_months
+    from fraud_assets.params import load_params
+
+    root = _root()
+    p = load_params(root / "params.yaml")
+    data_dir = root / p.data.dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    typer.echo(f"{'month':8} {'rows':>8} {'fraud %':>8}  md5")
+    for month, frame in simulate_months(p.data, start or p.data.start_month, months or p.data.months).items():
+        path = snapshot_path(data_dir, month)
+        frame.to_parquet(path, index=False)
+        typer.echo(f"{month:8} {len(frame):>8} {100 * frame['is_fraud'].mean():>7.2f}%  {file_md5(path)}")
+
+
+@app.command()
+def pin(push: Annotated[bool, typer.Option(help="Push to the DVC remote too")] = True) -> None:
+    """Pin the snapshot folder with DVC (data.dvc) and push it to the remote."""
+    from fraud_assets import dvc_ops
+
+    root = _root()
+    dvc_ops.ensure_repo(root)
+    for month, md5 in sorted(dvc_ops.pin_snapshots(root, push=push).items()):
+        typer.echo(f"{month}  {md5}")
+
+
+@app.command()
+def pipeline(
+    month: Annotated[list[str] | None, typer.Option(help="Months to ingest (default: every snapshot)")] = None,
+    train: Annotated[bool, typer.Option(help="Train and decide for the latest month")] = True,
+) -> None:
+    """Materialize the asset graph as Dagster runs: ingest each month, then train for the latest."""
+    from fraud_assets.core.months import available_months
+    from fraud_assets.orchestrate import run_months
+    from fraud_assets.params import load_params
+
+    root = _root()
+    months = sorted(month or available_months(root / load_params(root / "params.yaml").data.dir))
+    if not months:
+        raise typer.BadParameter("no snapshots found: run `fraud simulate` first")
+    decision = run_months(months, months[-1] if train else None, root)
+    if decision:
+        _print_decision(decision)
+
+
+def _print_decision(d: dict) -> None:
+    verdict = "PROMOTED" if d["promoted"] else "kept champion"
+    typer.echo(f"challenger v{d['challenger_version']} on {d['holdout_month']}: {verdict} "
+               f"-> champion v{d['champion_version_after']}\n  reason: {d['reason']}")
+    m = d["challenger_metrics"]
+    typer.echo(f"  holdout AUPRC {m['average_precision']:.4f}  ROC-AUC {m['roc_auc']:.4f}  "
+               f"precision {m['precision']:.3f}  recall {m['recall']:.3f}  threshold {m['threshold']:.4f}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: serve.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default: serve.port)")] = None,
+) -> None:
+    """Serve the champion with Ray Serve until Ctrl-C (or SIGTERM)."""
+    from serving.app import start_serving, stop_serving
+
+    _root()
+    url = start_serving(host=host, port=port)
+    typer.echo(f"serving models:/fraud-detector@champion at {url} (Ctrl-C to stop)")
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # Ray replaced the handler in ray.init
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        typer.echo("stopping Ray Serve")
+    finally:
+        stop_serving()
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+@app.command()
+def score(
+    url: Annotated[str | None, typer.Option(help="Service URL (default: from serve.host/port)")] = None,
+    n: Annotated[int, typer.Option(help="How many transactions to send")] = 8,
+) -> None:
+    """Send transactions from the latest snapshot to the service and print its answers."""
+    root = _root()
+    _score_over_http(root, url, n)
+
+
+def _score_over_http(root: Path, url: str | None, n: int) -> list[dict]:
+    import httpx
+
+    from fraud_assets.core.months import available_months, snapshot_path
+    from fraud_assets.core.validate import read_snapshot
+    from fraud_assets.params import load_params
+
+    p = load_params(root / "params.yaml")
+    base = url or f"http://{p.serve.host}:{p.serve.port}"
+    months = available_months(root / p.data.dir)
+    if not months:
+        raise typer.BadParameter("no snapshots found: run `fraud simulate` first")
+    frame = read_snapshot(snapshot_path(root / p.data.dir, months[-1]))
+    # Half frauds, half legit, so the printout shows both sides of the threshold.
+    sample = (frame[frame["is_fraud"] == 1].head(n // 2), frame[frame["is_fraud"] == 0].head(n - n // 2))
+    answers = []
+    typer.echo(f"{'transaction_id':20} {'amount':>9} {'label':>5} {'p(fraud)':>9} {'alert':>6} version")
+    with httpx.Client(base_url=base, timeout=10) as client:
+        for part in sample:
+            for row in part.to_dict("records"):
+                body = {"transaction_id": row["transaction_id"], "tx_datetime": row["tx_datetime"].isoformat(),
+                        "customer_id": row["customer_id"], "terminal_id": row["terminal_id"],
+                        "amount": float(row["amount"])}
+                resp = client.post("/predict", json=body)
+                resp.raise_for_status()
+                a = resp.json()
+                answers.append(a)
+                typer.echo(f"{a['transaction_id']:20} {row['amount']:>9.2f} {row['is_fraud']:>5} "
+                           f"{a['fraud_probability']:>9.4f} {a['alert']!s:>6} v{a['model_version']}")
+    return answers
+
+
+@app.command()
+def status() -> None:
+    """Print the registry's champion and challenger with their tags."""
+    from fraud_assets import registry
+    from fraud_assets.params import load_params
+
+    root = _root()
+    p = load_params(root / "params.yaml")
+    client = registry.client_for(settings.mlflow_tracking_uri())
+    for alias in ("champion", "challenger"):
+        mv = registry.alias_version(client, p.serve.model_name, alias)
+        if mv is None:
+            typer.echo(f"{alias}: none")
+            continue
+        typer.echo(f"{alias}: {p.serve.model_name} v{mv.version} (run {mv.run_id})")
+        typer.echo(json.dumps(dict(sorted(mv.tags.items())), indent=2))
+
+
+@app.command()
+def bootstrap() -> None:
+    """Make the system servable: simulate and pin data if there is none, run the graph if no champion."""
+    from fraud_assets import registry
+    from fraud_assets.core.months import available_months
+    from fraud_assets.params import load_params
+
+    root = _root()
+    p = load_params(root / "params.yaml")
+    if not available_months(root / p.data.dir):
+        simulate()
+        pin(push=True)
+    client = registry.client_for(settings.mlflow_tracking_uri())
+    if registry.alias_version(client, p.serve.model_name, "champion") is None:
+        pipeline(month=None, train=True)
+    else:
+        typer.echo("a champion is registered; nothing to bootstrap")
+
+
+@app.command()
+def demo(
+    skip_serving: Annotated[bool, typer.Option(help="Stop after the pipeline")] = False,
+) -> None:
+    """End to end: simulate, pin with DVC, run the Dagster graph, serve with Ray, score over HTTP, stop."""
+    root = _root()
+    timings: dict[str, float] = {}
+
+    def step(name: str) -> None:
+        timings[name] = time.perf_counter()
+        typer.secho(f"\n== {name}", bold=True)
+
+    start = time.perf_counter()
+    step("simulate monthly snapshots")
+    simulate()
+    step("pin with DVC and push to the local remote")
+    pin(push=True)
+    step("materialize the asset graph (Dagster) and register/promote (MLflow)")
+    pipeline(month=None, train=True)
+    if not skip_serving:
+        from serving.app import start_serving, stop_serving
+
+        step("serve the champion (Ray Serve) and score over HTTP")
+        url = start_serving()
+        try:
+            answers = _score_over_http(root, url, 8)
+        finally:
+            stop_serving()
+        versions = sorted({a["model_version"] for a in answers})
+        typer.echo(f"scored {len(answers)} transactions over HTTP at {url}, model version(s) {versions}")
+    typer.secho(f"\ndemo finished in {time.perf_counter() - start:.1f} s; state in {settings.state_dir().name}/",
+                bold=True)

@@ -1,0 +1,56 @@
+"""The one place the Dagster Definitions are built (lazily, when Dagster loads the code location)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from fraud_assets import settings
+from fraud_assets.assets.features import build_feature_assets
+from fraud_assets.assets.ingestion import build_ingestion_assets
+from fraud_assets.assets.training import build_training_assets
+from fraud_assets.automation import build_jobs, build_schedule, build_snapshot_sensor
+from fraud_assets.params import Params, load_params
+from fraud_assets.partitions import monthly_partitions
+from fraud_assets.resources import FrameIOManager, MlflowResource, ProjectResource
+
+
+def build_assets(params: Params) -> list[dg.AssetsDefinition]:
+    """Every asset of the graph, monthly partitioned."""
+    parts = monthly_partitions(params)
+    return [*build_ingestion_assets(params, parts), *build_feature_assets(params, parts),
+            *build_training_assets(params, parts)]
+
+
+def default_resources(root: Path) -> dict[str, Any]:
+    """Resources on the embedded defaults: files, SQLite MLflow, all under the state folder."""
+    return {
+        "project": ProjectResource(root=str(root)),
+        "mlflow": MlflowResource(tracking_uri=settings.mlflow_tracking_uri(),
+                                 artifact_root=settings.mlflow_artifact_root()),
+        "io_manager": FrameIOManager(base_dir=str(settings.state_dir() / "assets")),
+    }
+
+
+def build_definitions(root: Path | None = None, resources: Mapping[str, Any] | None = None) -> dg.Definitions:
+    """Definitions for the project at ``root`` (resources overridable for tests)."""
+    settings.disable_telemetry()
+    root = root or settings.project_root()
+    params = load_params(root / "params.yaml")
+    parts = monthly_partitions(params)
+    return dg.Definitions(
+        assets=build_assets(params),
+        jobs=build_jobs(parts),
+        schedules=[build_schedule(params, root)],
+        sensors=[build_snapshot_sensor(params, root)],
+        resources={**default_resources(root), **(resources or {})},
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Loaded by ``dagster dev`` / ``dagster asset materialize`` through workspace.yaml."""
+    return build_definitions()

@@ -1,0 +1,100 @@
+"""Dagster resources: the project (params, paths, DVC versions), MLflow, and a pickle-free IO manager."""
+
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from mlflow.tracking import MlflowClient
+from pydantic import PrivateAttr
+
+from fraud_assets import registry
+from fraud_assets.params import Params, load_params
+
+
+class ProjectResource(dg.ConfigurableResource):
+    """The project folder: its params.yaml, snapshot folder and DVC-pinned data versions."""
+
+    root: str
+
+    def params(self) -> Params:
+        return load_params(Path(self.root) / "params.yaml")
+
+    def data_dir(self) -> Path:
+        return Path(self.root) / self.params().data.dir
+
+    def snapshot_version(self, month: str) -> str:
+        """The DVC hash of a month's snapshot (raises if the file changed since it was pinned)."""
+        from fraud_assets import dvc_ops
+
+        return dvc_ops.snapshot_version(Path(self.root), month)
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow tracking and registry, through an explicit client (no process-wide run state).
+
+    Runs are tagged ``dagster_run_id`` as dagster-mlflow does, so either can find them.
+    """
+
+    tracking_uri: str
+    artifact_root: str
+    experiment_name: str = "fraud-detection"
+    _client: MlflowClient | None = PrivateAttr(default=None)
+
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = registry.client_for(self.tracking_uri)
+        return self._client
+
+    def start_run(self, run_name: str, tags: dict[str, str]) -> str:
+        """Create a run in the project experiment and return its id."""
+        exp_id = registry.ensure_experiment(self.client(), self.experiment_name, self.artifact_root)
+        return self.client().create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+
+
+BY_PARTITION = "by_partition"  # AssetIn metadata: load a partition range as {partition: value}
+
+
+class FrameIOManager(dg.ConfigurableIOManager):
+    """DataFrames as Parquet, dicts as JSON, one file per asset partition; never pickles."""
+
+    base_dir: str
+
+    def _path(self, key: dg.AssetKey, partition: str | None, suffix: str) -> Path:
+        folder = Path(self.base_dir).joinpath(*key.path)
+        return folder / f"{partition or '__all__'}{suffix}"
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        partition = context.asset_partition_key if context.has_asset_partitions else None
+        if isinstance(obj, pd.DataFrame):
+            path = self._path(context.asset_key, partition, ".parquet")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            obj.to_parquet(path, index=False)
+        elif isinstance(obj, dict):
+            path = self._path(context.asset_key, partition, ".json")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        else:
+            raise TypeError(f"{context.asset_key.to_user_string()}: cannot store {type(obj).__name__}; "
+                            "assets return DataFrames or dicts")
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        key = context.asset_key
+        if context.has_asset_partitions and (context.definition_metadata or {}).get(BY_PARTITION):
+            return {p: self._load(key, p) for p in context.asset_partition_keys if self._exists(key, p)}
+        partition = context.asset_partition_key if context.has_asset_partitions else None
+        return self._load(key, partition)
+
+    def _exists(self, key: dg.AssetKey, partition: str | None) -> bool:
+        return any(self._path(key, partition, s).exists() for s in (".parquet", ".json"))
+
+    def _load(self, key: dg.AssetKey, partition: str | None) -> Any:
+        parquet, js = self._path(key, partition, ".parquet"), self._path(key, partition, ".json")
+        if parquet.exists():
+            return pd.read_parquet(parquet)
+        if js.exists():
+            return json.loads(js.read_text())
+        where = f" partition {partition}" if partition else ""
+        raise FileNotFoundError(f"{key.to_user_string()}{where} has not been materialized ({parquet.parent})")

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Start the Dagster UI (:3000), the MLflow UI (:5000) and the served model (:8000) on 127.0.0.1,
+# until Ctrl-C or SIGTERM; then stop every process group it started. `make down` does the same from outside.
+set -euo pipefail
+set -m  # job control: each service gets its own process group, so it can be stopped whole
+cd "$(dirname "$0")/.."
+STATE="${FRAUD_STATE_DIR:-$PWD/.state}"
+RUN="$STATE/run"
+LOGS="$STATE/logs"
+mkdir -p "$STATE/dagster" "$STATE/mlflow/artifacts" "$RUN" "$LOGS"
+export DAGSTER_HOME="$STATE/dagster"
+BIN="$PWD/.venv/bin"
+HOST=127.0.0.1
+
+start() {  # name, command...
+  local name=$1; shift
+  "$@" >"$LOGS/$name.log" 2>&1 &
+  echo $! >"$RUN/$name.pid"
+  echo "started $name (pid $!, log ${LOGS#"$PWD"/}/$name.log)"
+}
+
+stop_all() {
+  trap - INT TERM EXIT
+  bash scripts/down.sh
+}
+trap stop_all INT TERM EXIT
+
+start mlflow "$BIN/mlflow" server --host "$HOST" --port 5000 \
+  --backend-store-uri "sqlite:///$STATE/mlflow/mlflow.db" \
+  --default-artifact-root "$STATE/mlflow/artifacts"
+start dagster "$BIN/dagster" dev -w workspace.yaml -h "$HOST" -p 3000
+start serve "$BIN/fraud" serve --host "$HOST"
+
+wait_http() {  # name, url, seconds
+  for _ in $(seq "$3"); do
+    if curl -fsS -o /dev/null "$2"; then echo "$1 ready: $2"; return 0; fi
+    sleep 1
+  done
+  echo "$1 did not answer at $2 within $3 s; see its log in ${LOGS#"$PWD"/}/" >&2
+  return 1
+}
+wait_http "MLflow UI" "http://$HOST:5000/health" 90
+wait_http "Dagster UI" "http://$HOST:3000/server_info" 120
+wait_http "fraud model" "http://$HOST:8000/ready" 180
+echo "all up. Ctrl-C stops everything."
+wait
