@@ -102,7 +102,7 @@ def test_validation_missing_column_names_it(month_frame: pd.DataFrame) -> None:
 def test_unreadable_snapshot_names_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "2025-02.parquet"
     bad.write_text("not parquet")
-    with pytest.raises(SnapshotError, match="2025-02.parquet"):
+    with pytest.raises(SnapshotError, match=r"2025-02\.parquet"):
         read_snapshot(bad)
 
 
