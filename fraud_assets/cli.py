@@ -167,6 +167,60 @@ def status() -> None:
         typer.echo(json.dumps(dict(sorted(mv.tags.items())), indent=2))
 
 
+def _registry_context() -> tuple:
+    from fraud_assets import registry
+    from fraud_assets.params import load_params
+
+    p = load_params(_root() / "params.yaml")
+    return registry, registry.client_for(settings.mlflow_tracking_uri()), p.serve.model_name
+
+
+def _actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Option(help="Model version to make champion")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the history)")],
+) -> None:
+    """Move alias ``champion`` to a version by hand; the serving app follows the alias."""
+    registry, client, name = _registry_context()
+    previous = registry.move_alias(client, name, "champion", version, reason, actor=_actor())
+    typer.echo(f"champion: v{previous or '-'} -> v{version}")
+
+
+@app.command()
+def rollback(reason: Annotated[str, typer.Option(help="Why (recorded in the history)")]) -> None:
+    """Give ``champion`` back to the version that held it before the current one."""
+    registry, client, name = _registry_context()
+    current = registry.alias_version(client, name, "champion")
+    if current is None:
+        raise typer.BadParameter("no champion to roll back")
+    moves = [m for m in registry.alias_history(client, name, "champion") if m["version"] == str(current.version)]
+    previous = moves[-1]["previous_version"] if moves else ""
+    if not previous:
+        raise typer.BadParameter(f"champion v{current.version} has no recorded predecessor to roll back to")
+    registry.move_alias(client, name, "champion", previous, f"rollback: {reason}", actor=_actor())
+    typer.echo(f"champion: v{current.version} -> v{previous} (rollback)")
+
+
+@app.command()
+def history() -> None:
+    """Who held ``champion`` when, and why."""
+    import datetime as dt
+
+    registry, client, name = _registry_context()
+    moves = registry.alias_history(client, name, "champion")
+    if not moves:
+        typer.echo("no champion has been set yet")
+    for m in moves:
+        when = dt.datetime.fromtimestamp(int(m["time"]) / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        typer.echo(f"{when}Z  v{m['previous_version'] or '-':>3} -> v{m['version']:<3} {m['actor']}: {m['reason']}")
+
+
 @app.command()
 def bootstrap() -> None:
     """Make the system servable: simulate and pin data if there is none, run the graph if no champion."""

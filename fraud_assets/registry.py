@@ -109,3 +109,45 @@ def load_alias(client: MlflowClient, model_name: str, alias: str, n_threads: int
     if mv is None:
         raise LookupError(f"registered model {model_name!r} has no alias {alias!r}")
     return load_version(client, model_name, str(mv.version), n_threads=n_threads)
+
+
+def _events_experiment(client: MlflowClient, model_name: str) -> str:
+    exp = client.get_experiment_by_name(f"{model_name}-alias-events")
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(f"{model_name}-alias-events")
+    except MlflowException:
+        exp = client.get_experiment_by_name(f"{model_name}-alias-events")
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def move_alias(client: MlflowClient, model_name: str, alias: str, version: str, reason: str,
+               actor: str) -> str | None:
+    """Point ``alias`` at ``version`` and record the move (who, why, from what) in MLflow itself.
+
+    Every move is a run in the experiment ``<model>-alias-events``, so the history lives in the same
+    store as the registry on any backend. Returns the version the alias pointed at before (or None).
+    """
+    client.get_model_version(model_name, version)  # raises when the version does not exist
+    before = alias_version(client, model_name, alias)
+    previous = str(before.version) if before is not None else None
+    client.set_registered_model_alias(model_name, alias, version)
+    tags = {"event": "alias_moved", "model": model_name, "alias": alias, "version": str(version),
+            "previous_version": previous or "", "reason": reason[:4000], "actor": actor}
+    run = client.create_run(_events_experiment(client, model_name), run_name=f"{alias}->v{version}", tags=tags)
+    client.set_terminated(run.info.run_id)
+    return previous
+
+
+def alias_history(client: MlflowClient, model_name: str, alias: str) -> list[dict[str, str]]:
+    """Every recorded move of ``alias``, oldest first: time, version, previous version, actor, reason."""
+    exp = client.get_experiment_by_name(f"{model_name}-alias-events")
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.alias = '{alias}'",
+                              order_by=["attributes.start_time ASC"], max_results=10_000)
+    return [{"time": str(r.info.start_time), **{k: r.data.tags.get(k, "") for k in
+             ("version", "previous_version", "actor", "reason")}} for r in runs]

@@ -104,7 +104,8 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
                   "challenger_metrics": challenger_evaluation["challenger"],
                   "champion_metrics": challenger_evaluation["champion"], "dagster_run_id": context.run_id}
         if decision.promote:
-            client.set_registered_model_alias(name, CHAMPION, challenger_model["version"])
+            registry.move_alias(client, name, CHAMPION, challenger_model["version"], decision.reason,
+                                actor=f"dagster run {context.run_id}")
         client.set_model_version_tag(name, challenger_model["version"], "promotion",
                                      json.dumps({"promoted": decision.promote, "reason": decision.reason}))
         client.log_dict(challenger_model["run_id"], record, "promotion_decision.json")
