@@ -1,0 +1,30 @@
+"""Stage ``featurize``: per-transaction features for each validated month (the code serving uses too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fraud_assets.core.features import build_features
+from fraud_assets.params import FeatureParams
+from fraud_assets.stages import FEATURES, PREPARED, read_months, stage_params
+
+
+def featurize(prepared_dir: Path, out_dir: Path, p: FeatureParams) -> dict[str, int]:
+    """Build features for every month in ``prepared_dir`` into ``out_dir``; return rows per month."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for month, frame in read_months(prepared_dir).items():
+        features = build_features(frame, p)
+        features.to_parquet(out_dir / f"{month}.parquet", index=False)
+        rows[month] = len(features)
+    return rows
+
+
+def main() -> None:
+    """Featurize all prepared months."""
+    for month, n in featurize(PREPARED, FEATURES, stage_params().features).items():
+        print(f"{month}: {n} rows of features")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Stage ``train``: an XGBoost model on the months before the latest one, its threshold from validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fraud_assets import dvc_ops
+from fraud_assets.core.features import FEATURE_COLUMNS
+from fraud_assets.core.months import available_months
+from fraud_assets.core.split import split_by_time, training_months
+from fraud_assets.core.train import fit_challenger, save_model
+from fraud_assets.params import Params
+from fraud_assets.stages import FEATURES, MODEL_FILE, MODEL_META, read_months, stage_params, write_json
+
+
+def train(features_dir: Path, p: Params, root: Path) -> dict[str, Any]:
+    """Train on ``split.train_months`` months before the latest month; save the model; return its metadata."""
+    months = available_months(features_dir)
+    if not months:
+        raise FileNotFoundError(f"no features in {features_dir}")
+    holdout = months[-1]
+    wanted = [m for m in training_months(holdout, p.split) if m in months] + [holdout]
+    split = split_by_time(read_months(features_dir, wanted), holdout, p.split)
+    booster, threshold = fit_challenger(split.train, split.valid, p.train, p.evaluate.precision_target)
+    save_model(booster, root / MODEL_FILE)
+    return {
+        "threshold": threshold,
+        "holdout_month": holdout,
+        "train_months": split.train_months,
+        "data_versions": {m: dvc_ops.snapshot_version(root, m) for m in [*split.train_months, holdout]},
+        "features": FEATURE_COLUMNS,
+        "best_iteration": int(booster.attr("best_iteration") or 0),
+        "rows_train": len(split.train),
+        "rows_valid": len(split.valid),
+    }
+
+
+def main() -> None:
+    """Train the model and write ``models/model.ubj`` and ``models/model_meta.json``."""
+    root = Path.cwd()
+    meta = train(FEATURES, stage_params(), root)
+    write_json(MODEL_META, meta)
+    print(f"trained on {', '.join(meta['train_months'])}; holdout {meta['holdout_month']}; "
+          f"threshold {meta['threshold']:.4f}; best iteration {meta['best_iteration']}")
+
+
+if __name__ == "__main__":
+    main()
