@@ -12,7 +12,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DAGSTER_DISABLE_TELEMETRY := 1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: install demo test lint up down bootstrap clean
+.PHONY: install demo test lint up down bootstrap repro clean
 
 # Bootstrap uv when it is missing, then the locked environment (re-synced when the lock changes).
 $(VENV)/.synced: uv.lock pyproject.toml
@@ -33,6 +33,10 @@ lint: install
 
 bootstrap: install  ## data + a champion if there is none yet (used by `make up`)
 	$(BIN)/fraud bootstrap
+
+repro: install  ## the DVC pipeline over the pinned snapshots, then its metrics (stages run the venv's python)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
 
 up: bootstrap  ## Dagster UI :3000, MLflow UI :5000, model :8000, all on 127.0.0.1, until Ctrl-C
 	bash scripts/up.sh
