@@ -59,11 +59,18 @@ class TrainParams(_Strict):
     n_threads: int = Field(ge=1)
     scale_pos_weight: float | Literal["auto"]
     seed: int
+    baseline_c: float = Field(gt=0)
+    baseline_max_iter: int = Field(ge=1)
 
 
 class EvaluateParams(_Strict):
+    threshold_rule: Literal["precision_target", "alert_budget", "cost"]
     precision_target: float = Field(gt=0, le=1)
+    alerts_per_day: float = Field(ge=0)
+    cost_missed_fraud: float = Field(ge=0)
+    cost_review: float = Field(ge=0)
     card_precision_k: int = Field(ge=1)
+    calibration_bins: int = Field(ge=2)
 
 
 class PromoteParams(_Strict):

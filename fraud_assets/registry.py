@@ -151,3 +151,14 @@ def alias_history(client: MlflowClient, model_name: str, alias: str) -> list[dic
                               order_by=["attributes.start_time ASC"], max_results=10_000)
     return [{"time": str(r.info.start_time), **{k: r.data.tags.get(k, "") for k in
              ("version", "previous_version", "actor", "reason")}} for r in runs]
+
+
+def log_pngs(client: MlflowClient, run_id: str, pngs: dict[str, bytes], artifact_path: str = "plots") -> None:
+    """Log PNG images (file name -> bytes) as artifacts of a run."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in pngs.items():
+            (Path(tmp) / name).write_bytes(data)
+        client.log_artifacts(run_id, tmp, artifact_path)

@@ -1,17 +1,21 @@
 """Training group: the challenger, its evaluation beside the champion, and the promotion decision."""
 
 
+import base64
 import json
+from typing import Any
 
 import dagster as dg
 import pandas as pd
+from mlflow import MlflowClient
 
 from fraud_assets import registry
-from fraud_assets.core.evaluate import evaluate_scores
+from fraud_assets.core.evaluate import choose_threshold_on, compare_on_holdout, oracle_average_precision
 from fraud_assets.core.features import FEATURE_COLUMNS
+from fraud_assets.core.plots import evaluation_plots
 from fraud_assets.core.promote import decide_promotion, minimum_bar_failures
-from fraud_assets.core.split import split_by_time
-from fraud_assets.core.train import fit_challenger, predict
+from fraud_assets.core.split import Split, split_by_time
+from fraud_assets.core.train import fit_challenger, predict, predict_baseline, train_baseline
 from fraud_assets.params import Params
 from fraud_assets.resources import BY_PARTITION, MlflowResource, ProjectResource
 
@@ -36,8 +40,7 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
         """An XGBoost challenger trained on the months before the holdout month, registered in MLflow."""
         month = context.partition_key
         split = split_by_time(features_by_month, month, params.split)
-        booster, threshold = fit_challenger(split.train, split.valid, params.train,
-                                            params.evaluate.precision_target)
+        booster, threshold = fit_challenger(split.train, split.valid, params.train, params.evaluate)
         versions = {m: project.snapshot_version(m) for m in [*split.train_months, month]}
         tags = {"dagster_run_id": context.run_id, "holdout_month": month, "threshold": f"{threshold:.6f}",
                 "train_months": ",".join(split.train_months), "features": ",".join(FEATURE_COLUMNS),
@@ -61,29 +64,18 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
                                          "train_months": ", ".join(split.train_months)})
 
     @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"mlflow"},
+              ins={"features_by_month": history, "validated_transactions": dg.AssetIn()},
               check_specs=[dg.AssetCheckSpec("challenger_meets_minimum_bars", asset="challenger_evaluation",
                                              blocking=True, description="AUPRC and ROC-AUC above promote.* bars")])
     def challenger_evaluation(context: dg.AssetExecutionContext, challenger_model: dict,
-                              transaction_features: pd.DataFrame, mlflow: MlflowResource):
-        """The challenger and the serving champion scored on the same holdout month."""
-        client = mlflow.client()
-        challenger = registry.load_version(client, name, challenger_model["version"], params.train.n_threads)
-        result = {"holdout_month": context.partition_key, "challenger_version": challenger.version,
-                  "challenger": _score(challenger, transaction_features, params), "champion": None,
-                  "champion_version": None, "champion_note": "no champion yet"}
-        champ = registry.alias_version(client, name, CHAMPION)
-        if champ is not None:
-            loaded = registry.load_version(client, name, str(champ.version), params.train.n_threads)
-            result["champion_version"] = loaded.version
-            try:
-                result["champion"] = _score(loaded, transaction_features, params)
-                result["champion_note"] = "scored on the same holdout"
-            except KeyError as exc:
-                result["champion_note"] = f"champion needs features this code no longer builds: {exc}"
-        for key, value in result["challenger"].items():
-            client.log_metric(challenger_model["run_id"], f"holdout_{key}", value)
+                              features_by_month: dict[str, pd.DataFrame], validated_transactions: pd.DataFrame,
+                              mlflow: MlflowResource):
+        """The challenger, the serving champion and a logistic baseline scored on the same holdout month."""
+        split = split_by_time(features_by_month, context.partition_key, params.split)
+        result, pngs = _evaluate(split, challenger_model, validated_transactions, mlflow.client(), params)
+        _log_evaluation(mlflow.client(), challenger_model["run_id"], result, pngs)
         failures = minimum_bar_failures(result["challenger"], params.promote)
-        yield dg.Output(result, metadata={f"challenger_{k}": v for k, v in result["challenger"].items()})
+        yield dg.Output(result, metadata=_evaluation_metadata(result, pngs))
         yield dg.AssetCheckResult(
             check_name="challenger_meets_minimum_bars", passed=not failures,
             metadata={"failures": "; ".join(failures) or "none",
@@ -117,5 +109,60 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
     return [challenger_model, challenger_evaluation, promotion_decision]
 
 
-def _score(model: registry.LoadedModel, holdout: pd.DataFrame, params: Params) -> dict[str, float]:
-    return evaluate_scores(holdout, predict(model.booster, holdout), model.threshold, params.evaluate)
+def _evaluate(split: Split, challenger_model: dict, transactions: pd.DataFrame, client: MlflowClient,
+              params: Params) -> tuple[dict, dict[str, bytes]]:
+    """Score challenger, champion, a logistic baseline and the simulator's oracle on the holdout; plot them."""
+    name, holdout = params.serve.model_name, split.holdout
+    challenger = registry.load_version(client, name, challenger_model["version"], params.train.n_threads)
+    baseline = train_baseline(split.train, params.train)
+    scored = {
+        "challenger": (predict(challenger.booster, holdout), challenger.threshold),
+        "baseline": (predict_baseline(baseline, holdout),
+                     choose_threshold_on(split.valid, predict_baseline(baseline, split.valid), params.evaluate)),
+    }
+    result: dict = {"holdout_month": split.holdout_month, "challenger_version": challenger.version,
+                    "champion": None, "champion_version": None, "champion_note": "no champion yet"}
+    champ = registry.alias_version(client, name, CHAMPION)
+    if champ is not None:
+        loaded = registry.load_version(client, name, str(champ.version), params.train.n_threads)
+        result["champion_version"] = loaded.version
+        try:
+            scored["champion"] = (predict(loaded.booster, holdout), loaded.threshold)
+            result["champion_note"] = "scored on the same holdout"
+        except KeyError as exc:
+            result["champion_note"] = f"champion needs features this code no longer builds: {exc}"
+    result.update(compare_on_holdout(holdout, scored, params.evaluate))
+    rows = holdout[["transaction_id"]].merge(transactions, on="transaction_id", how="left")
+    result["oracle_average_precision"] = oracle_average_precision(rows)
+    scores = {k: v[0] for k, v in scored.items()}
+    if result["oracle_average_precision"] is not None:
+        scores["simulator oracle"] = rows["fraud_probability"].to_numpy()
+    pngs = evaluation_plots(holdout["is_fraud"].to_numpy(), scores, "challenger", challenger.threshold,
+                            challenger.booster.get_score(importance_type="gain"), params.evaluate.calibration_bins)
+    return result, pngs
+
+
+def _log_evaluation(client: MlflowClient, run_id: str, result: dict, pngs: dict[str, bytes]) -> None:
+    for scorer in ("challenger", "baseline", "champion"):
+        prefix = "holdout" if scorer == "challenger" else f"{scorer}_holdout"
+        for key, value in (result.get(scorer) or {}).items():
+            client.log_metric(run_id, f"{prefix}_{key}", value)
+    if result["oracle_average_precision"] is not None:
+        client.log_metric(run_id, "oracle_holdout_average_precision", result["oracle_average_precision"])
+    client.log_dict(run_id, result, "evaluation.json")
+    registry.log_pngs(client, run_id, pngs)
+
+
+def _evaluation_metadata(result: dict, pngs: dict[str, bytes]) -> dict[str, Any]:
+    meta: dict[str, Any] = {f"challenger_{k}": v for k, v in result["challenger"].items()}
+    for scorer in ("baseline", "champion"):
+        if result.get(scorer):
+            meta[f"{scorer}_average_precision"] = result[scorer]["average_precision"]
+            meta[f"{scorer}_card_precision_at_k"] = result[scorer]["card_precision_at_k"]
+    if result["oracle_average_precision"] is not None:
+        meta["oracle_average_precision"] = result["oracle_average_precision"]
+    meta["champion_version"] = str(result["champion_version"])
+    for file, data in pngs.items():
+        meta[f"plot_{file.removesuffix('.png')}"] = dg.MetadataValue.md(
+            f"![{file}](data:image/png;base64,{base64.b64encode(data).decode()})")
+    return meta

@@ -9,13 +9,55 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from fraud_assets.params import EvaluateParams
 
 
-def choose_threshold(y: np.ndarray, scores: np.ndarray, precision_target: float) -> float:
+def threshold_for_precision(y: np.ndarray, scores: np.ndarray, precision_target: float) -> float:
     """Lowest score threshold whose precision reaches the target (the highest-precision one if none does)."""
     precision, _, thresholds = precision_recall_curve(y, scores)
     ok = np.flatnonzero(precision[:-1] >= precision_target)
     if len(ok):
         return float(thresholds[ok[0]])
     return float(thresholds[int(np.argmax(precision[:-1]))])
+
+
+def threshold_for_budget(scores: np.ndarray, days: int, alerts_per_day: float) -> float:
+    """Lowest threshold that raises at most ``alerts_per_day`` alerts a day on average over ``days`` days."""
+    budget = int(np.floor(alerts_per_day * max(days, 1)))
+    ranked = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    if budget <= 0:
+        return float(np.nextafter(ranked[0], np.inf))
+    if budget >= len(ranked):
+        return float(ranked[-1])
+    # Ties at the cut would exceed the budget: step just above the first score left out.
+    return float(np.nextafter(ranked[budget], np.inf))
+
+
+def threshold_for_cost(y: np.ndarray, scores: np.ndarray, cost_missed_fraud: float, cost_review: float) -> float:
+    """The threshold minimising ``missed frauds x cost_missed_fraud + alerts x cost_review``."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    s, labels = np.asarray(scores, dtype=np.float64)[order], np.asarray(y)[order]
+    last_of_tie = np.r_[s[1:] != s[:-1], True]  # cut only between distinct scores
+    alerts = np.arange(1, len(s) + 1)[last_of_tie]
+    caught = np.cumsum(labels)[last_of_tie]
+    cost = (labels.sum() - caught) * cost_missed_fraud + alerts * cost_review
+    no_alert_cost = labels.sum() * cost_missed_fraud
+    best = int(np.argmin(cost))
+    if cost[best] >= no_alert_cost:
+        return float(np.nextafter(s[0], np.inf))
+    return float(s[last_of_tie][best])
+
+
+def choose_threshold(y: np.ndarray, scores: np.ndarray, p: EvaluateParams, days: int = 1) -> float:
+    """The alert threshold by the rule ``p.threshold_rule``, chosen on validation data (never the holdout)."""
+    if p.threshold_rule == "precision_target":
+        return threshold_for_precision(y, scores, p.precision_target)
+    if p.threshold_rule == "alert_budget":
+        return threshold_for_budget(scores, days, p.alerts_per_day)
+    return threshold_for_cost(y, scores, p.cost_missed_fraud, p.cost_review)
+
+
+def choose_threshold_on(valid: pd.DataFrame, scores: np.ndarray, p: EvaluateParams) -> float:
+    """The alert threshold by ``p.threshold_rule`` on a validation frame (its days count for the alert budget)."""
+    days = int(pd.to_datetime(valid["tx_datetime"], utc=True).dt.floor("D").nunique())
+    return choose_threshold(valid["is_fraud"].to_numpy(), scores, p, days=days)
 
 
 def card_precision_at_k(frame: pd.DataFrame, scores: np.ndarray, k: int) -> float:
@@ -59,3 +101,19 @@ def evaluate_scores(frame: pd.DataFrame, scores: np.ndarray, threshold: float, p
         "rows": len(y),
         "fraud_rate": float(y.mean()),
     }
+
+
+ORACLE = "fraud_probability"
+
+
+def oracle_average_precision(transactions: pd.DataFrame) -> float | None:
+    """AUPRC of the simulator's own ``fraud_probability`` on these rows (None on data without the oracle)."""
+    if ORACLE not in transactions.columns or transactions["is_fraud"].nunique() < 2:
+        return None
+    return float(average_precision_score(transactions["is_fraud"].to_numpy(), transactions[ORACLE].to_numpy()))
+
+
+def compare_on_holdout(holdout: pd.DataFrame, scored: dict[str, tuple[np.ndarray, float]], p: EvaluateParams
+                       ) -> dict[str, dict[str, float]]:
+    """Metrics of several scorers on the same holdout rows: ``{name: metrics}`` from ``{name: (scores, threshold)}``."""
+    return {name: evaluate_scores(holdout, scores, threshold, p) for name, (scores, threshold) in scored.items()}

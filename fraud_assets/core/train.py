@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xgboost as xgb
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from fraud_assets.core.features import FEATURE_COLUMNS, LABEL, feature_matrix
-from fraud_assets.params import TrainParams
+from fraud_assets.params import EvaluateParams, TrainParams
 
 
 def class_weight(labels: pd.Series, p: TrainParams) -> float:
@@ -81,11 +84,26 @@ def load_model(path: str | Path, n_threads: int = 1) -> xgb.Booster:
     return booster
 
 
-def fit_challenger(train: pd.DataFrame, valid: pd.DataFrame, p: TrainParams, precision_target: float,
+def fit_challenger(train: pd.DataFrame, valid: pd.DataFrame, p: TrainParams, e: EvaluateParams,
                    columns: Sequence[str] = FEATURE_COLUMNS) -> tuple[xgb.Booster, float]:
     """Train a booster and choose its alert threshold on the validation window (never the holdout)."""
-    from fraud_assets.core.evaluate import choose_threshold
+    from fraud_assets.core.evaluate import choose_threshold_on
 
     booster = train_model(train, valid, p, columns)
-    threshold = choose_threshold(valid[LABEL].to_numpy(), predict(booster, valid), precision_target)
-    return booster, threshold
+    return booster, choose_threshold_on(valid, predict(booster, valid), e)
+
+
+def train_baseline(train: pd.DataFrame, p: TrainParams, columns: Sequence[str] = FEATURE_COLUMNS) -> Pipeline:
+    """The reference model: standardized features, class-weighted logistic regression (same rows, same features)."""
+    model = make_pipeline(
+        StandardScaler(),
+        LogisticRegression(C=p.baseline_c, max_iter=p.baseline_max_iter, class_weight="balanced"),
+    )
+    model.fit(feature_matrix(train, columns).astype(np.float64), train[LABEL].to_numpy())
+    return model
+
+
+def predict_baseline(model: Pipeline, features: pd.DataFrame, columns: Sequence[str] = FEATURE_COLUMNS
+                     ) -> np.ndarray:
+    """Fraud probabilities of the logistic baseline."""
+    return model.predict_proba(feature_matrix(features, columns).astype(np.float64))[:, 1]

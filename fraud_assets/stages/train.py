@@ -22,7 +22,7 @@ def train(features_dir: Path, p: Params, root: Path) -> dict[str, Any]:
     holdout = months[-1]
     wanted = [m for m in training_months(holdout, p.split) if m in months] + [holdout]
     split = split_by_time(read_months(features_dir, wanted), holdout, p.split)
-    booster, threshold = fit_challenger(split.train, split.valid, p.train, p.evaluate.precision_target)
+    booster, threshold = fit_challenger(split.train, split.valid, p.train, p.evaluate)
     save_model(booster, root / MODEL_FILE)
     return {
         "threshold": threshold,

@@ -119,3 +119,24 @@ def test_bad_month_fails_loudly(small_project: Path, tmp_path: Path) -> None:
     assert not res.success
     failure = res.get_step_failure_events()[0].step_failure_data.error
     assert f"{missing}.parquet" in failure.message or f"{missing}.parquet" in str(failure.cause)
+
+
+def test_evaluation_compares_baseline_and_oracle_and_logs_plots(materialized: dict) -> None:
+    result = materialized["result"]
+    evaluation = result.output_for_node("challenger_evaluation")
+    for scorer in ("challenger", "baseline"):
+        assert 0.0 <= evaluation[scorer]["average_precision"] <= 1.0
+        assert 0.0 <= evaluation[scorer]["card_precision_at_k"] <= 1.0
+    assert evaluation["oracle_average_precision"] is not None and evaluation["oracle_average_precision"] > 0.0
+    client = client_for(materialized["uri"])
+    run_id = result.output_for_node("challenger_model")["run_id"]
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["holdout_average_precision"] == pytest.approx(evaluation["challenger"]["average_precision"])
+    assert metrics["baseline_holdout_average_precision"] == pytest.approx(evaluation["baseline"]["average_precision"])
+    assert "oracle_holdout_average_precision" in metrics
+    plots = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert plots == {f"plots/{n}.png" for n in ("precision_recall", "score_distribution", "feature_importance",
+                                                "calibration")}
+    mats = result.asset_materializations_for_node("challenger_evaluation")
+    md = mats[0].metadata["plot_precision_recall"].value
+    assert md.startswith("![precision_recall.png](data:image/png;base64,")

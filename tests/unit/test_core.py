@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fraud_assets.core.evaluate import card_precision_at_k, choose_threshold, evaluate_scores
+from fraud_assets.core.evaluate import card_precision_at_k, evaluate_scores, threshold_for_precision
 from fraud_assets.core.features import FEATURE_COLUMNS, build_features, feature_matrix, online_features
 from fraud_assets.core.lineage import file_md5
 from fraud_assets.core.months import month_bounds, month_range, shift_month
@@ -126,7 +126,7 @@ def test_features_do_not_mutate_input(month_frame: pd.DataFrame) -> None:
 def trained() -> dict:
     feats = {m: build_features(f, P.features) for m, f in simulate_months(P.data, "2025-01", 3).items()}
     split = split_by_time(feats, "2025-03", P.split)
-    booster, threshold = fit_challenger(split.train, split.valid, P.train, P.evaluate.precision_target)
+    booster, threshold = fit_challenger(split.train, split.valid, P.train, P.evaluate)
     return {"split": split, "booster": booster, "threshold": threshold}
 
 
@@ -155,7 +155,7 @@ def test_model_learns_and_round_trips(trained: dict, tmp_path: Path) -> None:
 def test_threshold_reaches_precision_target() -> None:
     y = np.array([0, 0, 0, 1, 0, 1, 1, 1])
     s = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
-    t = choose_threshold(y, s, 0.99)
+    t = threshold_for_precision(y, s, 0.99)
     assert t == pytest.approx(0.6)
 
 

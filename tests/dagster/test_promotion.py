@@ -1,0 +1,63 @@
+"""Champion / challenger through the real asset graph: a worse challenger is refused, a better one promoted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from fraud_assets.core.months import month_range
+from fraud_assets.definitions import build_assets
+from fraud_assets.params import Params, load_params
+from fraud_assets.registry import alias_version, client_for
+from tests.dagster.test_pipeline import _resources
+
+WEAK = {"max_depth": 1, "n_estimators": 5}
+
+
+def _train(params: Params, root: Path, state: Path, instance: dg.DagsterInstance, month: str) -> dict:
+    res = dg.materialize(build_assets(params), partition_key=month, resources=_resources(root, state),
+                         instance=instance, selection=dg.AssetSelection.groups("training"))
+    assert res.success
+    return res.output_for_node("promotion_decision")
+
+
+@pytest.fixture(scope="module")
+def ingested(small_project: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    state = tmp_path_factory.mktemp("promotion-state")
+    params = load_params(small_project / "params.yaml")
+    instance = dg.DagsterInstance.ephemeral()
+    months = month_range(params.data.start_month, params.data.months)
+    for month in months:
+        assert dg.materialize(build_assets(params), partition_key=month, resources=_resources(small_project, state),
+                              instance=instance, selection=dg.AssetSelection.groups("ingestion", "features")).success
+    return {"params": params, "state": state, "instance": instance, "month": months[-1], "root": small_project}
+
+
+def test_better_challenger_promoted_then_worse_refused(ingested: dict) -> None:
+    params, root, state, instance, month = (ingested[k] for k in ("params", "root", "state", "instance", "month"))
+    weak = params.model_copy(update={"train": params.train.model_copy(update=WEAK)})
+    first = _train(weak, root, state, instance, month)
+    assert first["promoted"] and "no champion yet" in first["reason"]
+
+    better = _train(params, root, state, instance, month)
+    assert better["promoted"], better["reason"]
+    assert better["reason"].startswith("beats champion")
+    assert better["challenger_metrics"]["average_precision"] > first["challenger_metrics"]["average_precision"]
+
+    worse = _train(weak, root, state, instance, month)
+    assert not worse["promoted"]
+    assert worse["reason"].startswith("does not beat champion")
+    assert worse["champion_version_after"] == better["challenger_version"]
+
+    client = client_for(_resources(root, state)["mlflow"].tracking_uri)
+    name = params.serve.model_name
+    assert str(alias_version(client, name, "champion").version) == better["challenger_version"]
+    tag = json.loads(client.get_model_version(name, worse["challenger_version"]).tags["promotion"])
+    assert tag == {"promoted": False, "reason": worse["reason"]}
+    recorded = client.get_run(client.get_model_version(name, worse["challenger_version"]).run_id)
+    assert recorded.info.run_id  # the decision artifact lives on the challenger's run
+    artifacts = {a.path for a in client.list_artifacts(recorded.info.run_id)}
+    assert {"promotion_decision.json", "evaluation.json"} <= artifacts
