@@ -49,9 +49,12 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
         client = mlflow.client()
         for key, value in {**params.train.model_dump(), **params.split.model_dump()}.items():
             client.log_param(run_id, key, value)
-        client.log_dict(run_id, {"rows_train": len(split.train), "rows_valid": len(split.valid),
-                                 "fraud_rate_train": float(split.train["is_fraud"].mean()),
-                                 "data_versions": versions}, "dataset.json")
+        dataset = _dataset_info(split, features_by_month, versions, params)
+        client.log_dict(run_id, dataset, "dataset.json")
+        for key in ("rows_train", "rows_valid", "rows_holdout", "fraud_rate_train", "fraud_rate_holdout"):
+            client.log_param(run_id, f"dataset.{key}", dataset[key])
+        client.log_param(run_id, "dataset.train_months", ",".join(split.train_months))
+        registry.log_snapshot_inputs(client, run_id, dataset["snapshots"])
         model_uri = registry.log_booster(booster, run_id, mlflow.tracking_uri)
         mv = registry.register_version(client, name, model_uri, run_id, tags)
         client.set_registered_model_alias(name, CHALLENGER, mv.version)
@@ -107,6 +110,20 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
                                            "champion_version": str(record["champion_version_after"])})
 
     return [challenger_model, challenger_evaluation, promotion_decision]
+
+
+def _dataset_info(split: Split, features_by_month: dict[str, pd.DataFrame], versions: dict[str, str],
+                  params: Params) -> dict[str, Any]:
+    """Months, rows, fraud rates and DVC data versions of what a challenger learned from and is judged on."""
+    snapshots = [{"month": m, "digest": versions[m], "source": f"{params.data.dir}/{m}.parquet",
+                  "context": "evaluation" if m == split.holdout_month else "training",
+                  "rows": len(features_by_month[m]), "fraud_rate": float(features_by_month[m]["is_fraud"].mean())}
+                 for m in [*split.train_months, split.holdout_month]]
+    return {"train_months": split.train_months, "holdout_month": split.holdout_month,
+            "rows_train": len(split.train), "rows_valid": len(split.valid), "rows_holdout": len(split.holdout),
+            "fraud_rate_train": float(split.train["is_fraud"].mean()),
+            "fraud_rate_holdout": float(split.holdout["is_fraud"].mean()),
+            "data_versions": versions, "snapshots": snapshots}
 
 
 def _evaluate(split: Split, challenger_model: dict, transactions: pd.DataFrame, client: MlflowClient,

@@ -79,6 +79,12 @@ def test_run_tags_carry_dvc_hashes(materialized: dict, small_project: Path) -> N
     for month in materialized["months"]:
         expected = file_md5(snapshot_path(small_project / params.data.dir, month))
         assert run.data.tags[f"data_version.{month}"] == expected
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    last = materialized["months"][-1]
+    assert inputs[f"transactions-{last}"].dataset.digest == file_md5(snapshot_path(small_project / params.data.dir,
+                                                                                     last))
+    assert inputs[f"transactions-{last}"].tags[0].value == "evaluation"
+    assert int(run.data.params["dataset.rows_holdout"]) > 0
 
 
 def test_raw_data_version_is_the_snapshot_hash(materialized: dict, small_project: Path) -> None:
