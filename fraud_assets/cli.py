@@ -195,15 +195,16 @@ def promote(
 @app.command()
 def rollback(reason: Annotated[str, typer.Option(help="Why (recorded in the history)")]) -> None:
     """Give ``champion`` back to the version that held it before the current one."""
+    from fraud_assets.core.promote import rollback_target
+
     registry, client, name = _registry_context()
     current = registry.alias_version(client, name, "champion")
     if current is None:
         raise typer.BadParameter("no champion to roll back")
-    moves = [m for m in registry.alias_history(client, name, "champion") if m["version"] == str(current.version)]
-    previous = moves[-1]["previous_version"] if moves else ""
+    previous = rollback_target(registry.alias_history(client, name, "champion"))
     if not previous:
         raise typer.BadParameter(f"champion v{current.version} has no recorded predecessor to roll back to")
-    registry.move_alias(client, name, "champion", previous, f"rollback: {reason}", actor=_actor())
+    registry.move_alias(client, name, "champion", previous, f"rollback: {reason}", actor=_actor(), kind="rollback")
     typer.echo(f"champion: v{current.version} -> v{previous} (rollback)")
 
 

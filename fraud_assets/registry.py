@@ -126,7 +126,7 @@ def _events_experiment(client: MlflowClient, model_name: str) -> str:
 
 
 def move_alias(client: MlflowClient, model_name: str, alias: str, version: str, reason: str,
-               actor: str) -> str | None:
+               actor: str, kind: str = "move") -> str | None:
     """Point ``alias`` at ``version`` and record the move (who, why, from what) in MLflow itself.
 
     Every move is a run in the experiment ``<model>-alias-events``, so the history lives in the same
@@ -137,21 +137,21 @@ def move_alias(client: MlflowClient, model_name: str, alias: str, version: str, 
     previous = str(before.version) if before is not None else None
     client.set_registered_model_alias(model_name, alias, version)
     tags = {"event": "alias_moved", "model": model_name, "alias": alias, "version": str(version),
-            "previous_version": previous or "", "reason": reason[:4000], "actor": actor}
+            "previous_version": previous or "", "reason": reason[:4000], "actor": actor, "kind": kind}
     run = client.create_run(_events_experiment(client, model_name), run_name=f"{alias}->v{version}", tags=tags)
     client.set_terminated(run.info.run_id)
     return previous
 
 
 def alias_history(client: MlflowClient, model_name: str, alias: str) -> list[dict[str, str]]:
-    """Every recorded move of ``alias``, oldest first: time, version, previous version, actor, reason."""
+    """Every recorded move of ``alias``, oldest first: time, version, previous version, actor, reason, kind."""
     exp = client.get_experiment_by_name(f"{model_name}-alias-events")
     if exp is None:
         return []
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.alias = '{alias}'",
                               order_by=["attributes.start_time ASC"], max_results=10_000)
     return [{"time": str(r.info.start_time), **{k: r.data.tags.get(k, "") for k in
-             ("version", "previous_version", "actor", "reason")}} for r in runs]
+             ("version", "previous_version", "actor", "reason", "kind")}} for r in runs]
 
 
 def log_pngs(client: MlflowClient, run_id: str, pngs: dict[str, bytes], artifact_path: str = "plots") -> None:

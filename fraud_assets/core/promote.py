@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fraud_assets.params import PromoteParams
@@ -35,3 +35,20 @@ def decide_promotion(challenger: Mapping[str, float], champion: Mapping[str, flo
     if gain >= p.min_improvement:
         return Decision(True, "beats champion: " + verdict)
     return Decision(False, "does not beat champion: " + verdict)
+
+
+def rollback_target(history: Sequence[Mapping[str, str]]) -> str | None:
+    """The version a rollback returns to: the champion before the current one, skipping rolled-back ones.
+
+    ``history`` is the alias's moves, oldest first (``version``, ``previous_version``, ``kind``). Moves
+    push the version they replaced; a rollback pops it, so repeated rollbacks walk further back
+    instead of flipping between two versions.
+    """
+    earlier: list[str] = []
+    for move in history:
+        if move.get("kind") == "rollback":
+            if earlier:
+                earlier.pop()
+        elif move.get("previous_version") and move["previous_version"] != move["version"]:
+            earlier.append(move["previous_version"])
+    return earlier[-1] if earlier else None

@@ -62,6 +62,11 @@ def test_alias_moves_are_recorded_and_rollback_restores(store: dict) -> None:
     assert hist[-1]["reason"] == "rollback: v3 misbehaves" and hist[-1]["actor"].startswith("cli:")
     out = runner.invoke(app, ["history"]).output
     assert "hand-picked" in out and "rollback: v3 misbehaves" in out
+    # A second rollback walks further back (v2 replaced v1), it does not flip back to v3.
+    assert runner.invoke(app, ["rollback", "--reason", "v2 too"]).exit_code == 0
+    assert str(registry.alias_version(c, "fraud-detector", "champion").version) == v1
+    res = runner.invoke(app, ["rollback", "--reason", "nothing left"])
+    assert res.exit_code != 0 and "no recorded predecessor" in res.output
 
 
 def test_promote_unknown_version_fails(store: dict) -> None:
