@@ -92,8 +92,10 @@ def load_version(client: MlflowClient, model_name: str, version: str, n_threads:
     """Download a version's XGBoost file and load it (no pickle, no pyfunc)."""
     mv = client.get_model_version(model_name, version)
     with tempfile.TemporaryDirectory(prefix="fraud-model-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{model_name}/{version}", dst_path=tmp, tracking_uri=client.tracking_uri))
+        # Resolve the storage location through *this* client, then fetch it directly: a ``models:/`` URI
+        # would be resolved again through the process-wide registry URI, which a Ray replica does not share.
+        location = client.get_model_version_download_uri(model_name, version)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp))
         files = sorted(local.rglob("*.ubj")) or sorted(local.rglob("model.json"))
         if not files:
             raise FileNotFoundError(f"{model_name} v{version}: no XGBoost model file in {mv.source}")
