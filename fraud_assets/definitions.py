@@ -11,6 +11,7 @@ import dagster as dg
 from fraud_assets import settings
 from fraud_assets.assets.features import build_feature_assets
 from fraud_assets.assets.ingestion import build_ingestion_assets
+from fraud_assets.assets.monitoring import build_monitoring_assets
 from fraud_assets.assets.training import build_training_assets
 from fraud_assets.automation import build_jobs, build_schedule, build_snapshot_sensor
 from fraud_assets.params import Params, load_params
@@ -22,7 +23,7 @@ def build_assets(params: Params) -> list[dg.AssetsDefinition]:
     """Every asset of the graph, monthly partitioned."""
     parts = monthly_partitions(params)
     return [*build_ingestion_assets(params, parts), *build_feature_assets(params, parts),
-            *build_training_assets(params, parts)]
+            *build_training_assets(params, parts), *build_monitoring_assets(params, parts)]
 
 
 def default_resources(root: Path) -> dict[str, Any]:

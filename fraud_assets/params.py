@@ -93,7 +93,13 @@ class ServeParams(_Strict):
 
 
 class MonitorParams(_Strict):
+    reference_months: int = Field(ge=1)
+    psi_bins: int = Field(ge=2)
     psi_threshold: float = Field(gt=0)
+    ks_threshold: float = Field(gt=0, le=1)
+    min_drifted_features: int = Field(ge=1)
+    score_psi_threshold: float = Field(gt=0)
+    fraud_rate_change_threshold: float = Field(gt=0)
 
 
 class Params(_Strict):

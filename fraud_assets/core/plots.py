@@ -100,3 +100,17 @@ def evaluation_plots(y: np.ndarray, scores: Mapping[str, np.ndarray], primary: s
         "feature_importance.png": feature_importance_png(importance),
         "calibration.png": calibration_png(y, scores[primary], bins),
     }
+
+
+def drift_png(features: list[Mapping[str, object]], threshold: float, title: str) -> bytes:
+    """Horizontal bars of each feature's PSI against the threshold, drifted features in red."""
+    items = sorted(features, key=lambda r: float(r["psi"]))  # type: ignore[arg-type]
+    fig = Figure(figsize=(SIZE[0], max(2.5, 0.22 * len(items) + 1)))
+    ax = fig.add_subplot()
+    colors = ["tab:red" if r["drifted"] else "tab:blue" for r in items]
+    ax.barh([str(r["feature"]) for r in items], [float(r["psi"]) for r in items], color=colors)  # type: ignore[arg-type]
+    ax.axvline(threshold, color="black", linestyle="--", label=f"PSI threshold {threshold}")
+    ax.set(xlabel="PSI", title=title)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.legend(fontsize=7)
+    return _png(fig)

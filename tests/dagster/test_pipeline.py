@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from fraud_assets.core.features import FEATURE_COLUMNS
 from fraud_assets.core.lineage import file_md5
 from fraud_assets.core.months import month_range, shift_month, snapshot_path
 from fraud_assets.definitions import build_assets, build_definitions
@@ -146,3 +147,20 @@ def test_evaluation_compares_baseline_and_oracle_and_logs_plots(materialized: di
     mats = result.asset_materializations_for_node("challenger_evaluation")
     md = mats[0].metadata["plot_precision_recall"].value
     assert md.startswith("![precision_recall.png](data:image/png;base64,")
+
+
+def test_drift_report_against_preceding_months(materialized: dict, small_project: Path) -> None:
+    params, months = materialized["params"], materialized["months"]
+    resources = _resources(small_project, materialized["state"])
+    res = dg.materialize(build_assets(params), partition_key=months[-1], resources=resources,
+                         instance=materialized["instance"], selection=dg.AssetSelection.groups("monitoring"))
+    assert res.success
+    report = res.output_for_node("drift_report")
+    assert report["reference_months"] == months[-1 - params.monitor.reference_months:-1]
+    assert {f["feature"] for f in report["features"]} == set(FEATURE_COLUMNS)
+    assert report["score_psi"] is not None  # the champion scored both sides
+    check = res.get_asset_check_evaluations()[0]
+    assert check.check_name == "drift_within_thresholds" and check.passed == (not report["drift_detected"])
+    first = dg.materialize(build_assets(params), partition_key=months[0], resources=resources,
+                           instance=materialized["instance"], selection=dg.AssetSelection.groups("monitoring"))
+    assert first.output_for_node("drift_report")["note"] == "no earlier month to compare"

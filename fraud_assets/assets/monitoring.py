@@ -1,0 +1,104 @@
+"""Monitoring group: how far a month has drifted from the months before it."""
+
+
+import base64
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from fraud_assets import registry
+from fraud_assets.core.drift import drift_report as compute_drift
+from fraud_assets.core.features import FEATURE_COLUMNS
+from fraud_assets.core.plots import drift_png
+from fraud_assets.core.train import predict
+from fraud_assets.params import Params
+from fraud_assets.resources import BY_PARTITION, MlflowResource
+
+GROUP = "monitoring"
+EXPERIMENT = "fraud-monitoring"
+
+
+def build_monitoring_assets(params: Params, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    """The monitoring assets for ``partitions``."""
+    m = params.monitor
+    window = dg.AssetIn(  # the month itself and the months before it (one input: Dagster maps one per asset)
+        "transaction_features",
+        partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-m.reference_months, end_offset=0,
+                                                        allow_nonexistent_upstream_partitions=True),
+        metadata={BY_PARTITION: True},
+    )
+
+    @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"mlflow"},
+              ins={"features_by_month": window},
+              check_specs=[dg.AssetCheckSpec("drift_within_thresholds", asset="drift_report", blocking=False,
+                                             description="no drift beyond the monitor.* thresholds")])
+    def drift_report(context: dg.AssetExecutionContext, features_by_month: dict[str, pd.DataFrame],
+                     mlflow: MlflowResource):
+        """Per-feature PSI and KS, champion score drift and fraud-rate change against the preceding months."""
+        month = context.partition_key
+        transaction_features = features_by_month[month]
+        reference_by_month = {k: v for k, v in features_by_month.items() if k != month}
+        if not reference_by_month:
+            report = {"month": month, "drift_detected": False, "reasons": [], "note": "no earlier month to compare"}
+            yield dg.Output(report, metadata={"note": report["note"]})
+            yield dg.AssetCheckResult(check_name="drift_within_thresholds", passed=True,
+                                      metadata={"note": report["note"]})
+            return
+        ref = pd.concat(list(reference_by_month.values()), ignore_index=True)
+        ref_scores, cur_scores, version = _champion_scores(mlflow, params, ref, transaction_features)
+        report = {"month": month, "reference_months": sorted(reference_by_month), "champion_version": version,
+                  **compute_drift(ref, transaction_features, FEATURE_COLUMNS, m, ref_scores, cur_scores)}
+        png = drift_png(report["features"], m.psi_threshold,
+                        f"Feature drift {month} vs {', '.join(sorted(reference_by_month))}")
+        _log_drift(mlflow, report, png)
+        yield dg.Output(report, metadata=_drift_metadata(report, png))
+        yield dg.AssetCheckResult(
+            check_name="drift_within_thresholds", passed=not report["drift_detected"],
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"reasons": "; ".join(report["reasons"]) or "none", "psi_threshold": m.psi_threshold,
+                      "max_psi": max(f["psi"] for f in report["features"])})
+
+    return [drift_report]
+
+
+def _champion_scores(mlflow: MlflowResource, params: Params, reference: pd.DataFrame, current: pd.DataFrame
+                     ) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    """The serving champion's scores on both sides, or Nones when there is no (compatible) champion."""
+    client = mlflow.client()
+    name = params.serve.model_name
+    if registry.alias_version(client, name, "champion") is None:
+        return None, None, None
+    champion = registry.load_alias(client, name, "champion", params.train.n_threads)
+    try:
+        return predict(champion.booster, reference), predict(champion.booster, current), champion.version
+    except KeyError:  # the champion needs features this code no longer builds: no score drift to report
+        return None, None, champion.version
+
+
+def _log_drift(mlflow: MlflowResource, report: dict, png: bytes) -> None:
+    exp_id = registry.ensure_experiment(mlflow.client(), EXPERIMENT, mlflow.artifact_root)
+    client = mlflow.client()
+    tags = {"month": report["month"], "drift_detected": str(report["drift_detected"])}
+    run_id = client.create_run(exp_id, run_name=f"drift-{report['month']}", tags=tags).info.run_id
+    for f in report["features"]:
+        client.log_metric(run_id, f"psi.{f['feature']}", f["psi"])
+        client.log_metric(run_id, f"ks.{f['feature']}", f["ks"])
+    if report["score_psi"] is not None:
+        client.log_metric(run_id, "score_psi", report["score_psi"])
+    client.log_metric(run_id, "fraud_rate_change", report["fraud_rate_change"])
+    client.log_dict(run_id, report, "drift_report.json")
+    registry.log_pngs(client, run_id, {"feature_drift.png": png})
+    client.set_terminated(run_id)
+
+
+def _drift_metadata(report: dict, png: bytes) -> dict:
+    table = "| feature | PSI | KS | drifted |\n| --- | --- | --- | --- |\n" + "\n".join(
+        f"| {f['feature']} | {f['psi']:.4f} | {f['ks']:.4f} | {'yes' if f['drifted'] else ''} |"
+        for f in report["features"])
+    return {"drift_detected": report["drift_detected"], "reasons": "; ".join(report["reasons"]) or "none",
+            "score_psi": report["score_psi"] if report["score_psi"] is not None else "no champion",
+            "fraud_rate_change": report["fraud_rate_change"],
+            "features": dg.MetadataValue.md(table),
+            "plot_feature_drift": dg.MetadataValue.md(
+                f"![feature drift](data:image/png;base64,{base64.b64encode(png).decode()})")}
