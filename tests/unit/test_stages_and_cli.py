@@ -1,0 +1,53 @@
+"""The DVC stage entry points and the `fraud` pipeline commands, run in-process on a small pinned project."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fraud_assets import dvc_ops
+from fraud_assets.cli import app
+from fraud_assets.stages import evaluate, featurize, prepare, train
+from tests.conftest import write_small_project
+
+
+@pytest.fixture(scope="module")
+def pinned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = write_small_project(tmp_path_factory.mktemp("pinned"), months=4)
+    dvc_ops.ensure_repo(root)
+    dvc_ops.pin_snapshots(root, push=True)
+    return root
+
+
+def test_stages_write_prepared_features_model_and_metrics(pinned: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(pinned)
+    for stage in (prepare, featurize, train, evaluate):
+        stage.main()
+    counts = json.loads((pinned / "data/prepared/counts.json").read_text())
+    assert all(c["rows_in"] == c["rows_valid"] + c["rows_quarantined"] for c in counts.values())
+    meta = json.loads((pinned / "models/model_meta.json").read_text())
+    hashes = dvc_ops.month_hashes(pinned)
+    assert meta["data_versions"] == {m: hashes[m] for m in meta["data_versions"]}
+    assert (pinned / "models/model.ubj").stat().st_size > 0
+    metrics = json.loads((pinned / "metrics/evaluation.json").read_text())
+    assert 0.0 < metrics["average_precision"] <= 1.0 and metrics["rows"] == counts[meta["holdout_month"]]["rows_valid"]
+
+
+def test_cli_pipeline_status_and_history(pinned: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRAUD_PROJECT_ROOT", str(pinned))
+    monkeypatch.setenv("FRAUD_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    runner = CliRunner()
+    res = runner.invoke(app, ["pipeline"])
+    assert res.exit_code == 0, res.output
+    assert "PROMOTED -> champion v1" in res.output and "holdout AUPRC" in res.output
+    res = runner.invoke(app, ["status"])
+    assert res.exit_code == 0 and "champion: fraud-detector v1" in res.output
+    assert '"data_version.' in res.output
+    res = runner.invoke(app, ["history"])
+    assert res.exit_code == 0 and "-> v1" in res.output and "no champion yet" in res.output
+    assert (tmp_path / "state" / "dagster").is_dir()  # the runs went to the project's persistent instance
