@@ -1,0 +1,111 @@
+"""MLflow on PostgreSQL: a real server from Debian's packages on 127.0.0.1 backs tracking and the registry.
+
+The asset graph trains, registers and promotes into it, and the registry answers for the champion the way
+serving reads it. `.ci/run` installs PostgreSQL and sets FRAUD_REQUIRE_POSTGRES=1, so there a missing
+server fails the test; on a developer machine without PostgreSQL it is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from fraud_assets.core.months import month_range
+from fraud_assets.definitions import build_assets
+from fraud_assets.params import load_params
+from fraud_assets.registry import alias_history, alias_version, client_for, load_alias
+from tests.conftest import write_small_project
+from tests.dagster.test_pipeline import FileHashProject
+
+pytestmark = pytest.mark.slow
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:5])} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
+
+
+def _as_db_user(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: drop to the `postgres` system user when we are root."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        if os.environ.get("FRAUD_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql); .ci/run installs it")
+    # Not under pytest's root-only temp folder: the `postgres` user must be able to reach it.
+    data = Path(tempfile.mkdtemp(prefix="fraud-pg-"))
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(data, pw.pw_uid, pw.pw_gid)
+    port = _free_port()
+    _run(_as_db_user([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "mlflow", "--no-sync"]))
+    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {data} -c fsync=off"
+    _run(_as_db_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(data / "log"), "-w", "start"]))
+    try:
+        _run(_as_db_user([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"]))
+        yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run(_as_db_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+                       check=False, capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_train_register_promote_and_load_on_postgres(postgres: str, tmp_path: Path) -> None:
+    from fraud_assets.resources import FrameIOManager, MlflowResource
+
+    root = write_small_project(tmp_path / "project", months=4)
+    params = load_params(root / "params.yaml")
+    resources = {
+        "project": FileHashProject(root=str(root)),
+        "mlflow": MlflowResource(tracking_uri=postgres, artifact_root=(tmp_path / "artifacts").as_uri()),
+        "io_manager": FrameIOManager(base_dir=str(tmp_path / "assets")),
+    }
+    instance = dg.DagsterInstance.ephemeral()
+    months = month_range(params.data.start_month, params.data.months)
+    for month in months:
+        assert dg.materialize(build_assets(params), partition_key=month, resources=resources, instance=instance,
+                              selection=dg.AssetSelection.groups("ingestion", "features")).success
+    res = dg.materialize(build_assets(params), partition_key=months[-1], resources=resources, instance=instance,
+                         selection=dg.AssetSelection.groups("training"))
+    assert res.success
+    decision = res.output_for_node("promotion_decision")
+    assert decision["promoted"]
+
+    client = client_for(postgres)
+    name = params.serve.model_name
+    assert str(alias_version(client, name, "champion").version) == decision["challenger_version"]
+    assert [m["version"] for m in alias_history(client, name, "champion")] == [decision["challenger_version"]]
+    served = load_alias(client, name, "champion")  # what a serving replica does at start
+    assert served.version == decision["challenger_version"]
+    assert served.threshold == pytest.approx(res.output_for_node("challenger_model")["threshold"], abs=1e-6)
+    # The store really is PostgreSQL: MLflow's tables live in it.
+    out = subprocess.run(["psql", postgres, "-tAc", "select count(*) from registered_models"],
+                         check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "1"
