@@ -2,6 +2,7 @@
 
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from fraud_assets.params import Params
 
 MONTHLY_JOB = "monthly_pipeline"
 INGEST_JOB = "ingest_month"
+RETRAIN_JOB = "retrain_month"
+WEBHOOK_ENV = "FRAUD_ALERT_WEBHOOK_URL"
 
 
 def build_jobs(partitions: dg.PartitionsDefinition) -> list[Any]:
@@ -20,8 +23,10 @@ def build_jobs(partitions: dg.PartitionsDefinition) -> list[Any]:
     return [
         dg.define_asset_job(MONTHLY_JOB, selection=dg.AssetSelection.all(), partitions_def=partitions,
                             description="Ingest, featurize, train, evaluate and decide for one month."),
-        dg.define_asset_job(INGEST_JOB, selection=dg.AssetSelection.groups("ingestion", "features"),
-                            partitions_def=partitions, description="Ingest and featurize one month."),
+        dg.define_asset_job(INGEST_JOB, selection=dg.AssetSelection.groups("ingestion", "features", "monitoring"),
+                            partitions_def=partitions, description="Ingest, featurize and check drift for one month."),
+        dg.define_asset_job(RETRAIN_JOB, selection=dg.AssetSelection.groups("training"), partitions_def=partitions,
+                            description="Train, evaluate and decide with this month as the holdout."),
     ]
 
 
@@ -45,10 +50,10 @@ def build_snapshot_sensor(params: Params, root: Path) -> dg.SensorDefinition:
     """Start the monthly graph when a month's snapshot appears or its bytes change (a new DVC hash)."""
     data_dir = root / params.data.dir
 
-    @dg.sensor(job_name=MONTHLY_JOB, minimum_interval_seconds=30,
+    @dg.sensor(job_name=INGEST_JOB, minimum_interval_seconds=30,
                default_status=dg.DefaultSensorStatus.STOPPED)
     def new_snapshot_sensor(context: dg.SensorEvaluationContext):
-        """Runs the month whose snapshot is new or changed."""
+        """Ingests, featurizes and checks drift for the month whose snapshot is new or changed."""
         seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         current = {m: file_md5(snapshot_path(data_dir, m)) for m in available_months(data_dir)}
         changed = [m for m, h in current.items() if seen.get(m) != h]
@@ -58,3 +63,60 @@ def build_snapshot_sensor(params: Params, root: Path) -> dg.SensorDefinition:
         return [dg.RunRequest(partition_key=m, run_key=f"snapshot-{m}-{current[m]}") for m in changed]
 
     return new_snapshot_sensor
+
+
+def build_drift_sensor() -> dg.SensorDefinition:
+    """Retrain with a month as holdout when its drift report says the data moved."""
+
+    @dg.asset_sensor(asset_key=dg.AssetKey("drift_report"), job_name=RETRAIN_JOB, minimum_interval_seconds=30,
+                     default_status=dg.DefaultSensorStatus.STOPPED)
+    def drift_retrain_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+        """Requests a retrain when a materialized drift report has drift_detected."""
+        mat = asset_event.asset_materialization
+        if mat is None or mat.partition is None:
+            return dg.SkipReason("drift report without a partition")
+        detected = mat.metadata.get("drift_detected")
+        if detected is None or not detected.value:
+            return dg.SkipReason(f"no drift in {mat.partition}")
+        reasons = mat.metadata.get("reasons")
+        context.log.info(f"drift in {mat.partition}: {reasons.value if reasons else ''}")
+        return dg.RunRequest(partition_key=mat.partition, run_key=f"drift-{mat.partition}-{asset_event.run_id}",
+                             tags={"fraud/trigger": "drift"})
+
+    return drift_retrain_sensor
+
+
+def failure_payload(context: dg.RunFailureSensorContext) -> dict[str, Any]:
+    """What a failure alert says: job, run, partition and the failing steps' errors (never secrets)."""
+    run = context.dagster_run
+    steps = [{"step": e.step_key, "error": _error_text(e.event_specific_data.error)[:2000]}
+             for e in context.get_step_failure_events() if e.event_specific_data and e.event_specific_data.error]
+    return {"event": "dagster_run_failed", "job": run.job_name, "run_id": run.run_id,
+            "partition": run.tags.get("dagster/partition"), "failure": context.failure_event.message, "steps": steps}
+
+
+def _error_text(error: Any) -> str:
+    """The error and its causes, one line each (Dagster wraps the user's exception as the cause)."""
+    lines = []
+    while error is not None:
+        lines.append(error.message.strip())
+        error = error.cause
+    return " <- ".join(lines)
+
+
+def build_failure_sensor() -> dg.SensorDefinition:
+    """Report every failed run: to the log, and to a webhook when ``FRAUD_ALERT_WEBHOOK_URL`` is set."""
+
+    @dg.run_failure_sensor(name="run_failure_alert", minimum_interval_seconds=30,
+                           default_status=dg.DefaultSensorStatus.STOPPED)
+    def run_failure_alert(context: dg.RunFailureSensorContext) -> None:
+        """Logs a failed run and posts it to the configured webhook."""
+        payload = failure_payload(context)
+        context.log.error(f"run {payload['run_id']} of {payload['job']} failed: {json.dumps(payload)}")
+        url = os.environ.get(WEBHOOK_ENV)
+        if url:
+            import httpx
+
+            httpx.post(url, json=payload, timeout=10.0).raise_for_status()
+
+    return run_failure_alert

@@ -13,7 +13,13 @@ from fraud_assets.assets.features import build_feature_assets
 from fraud_assets.assets.ingestion import build_ingestion_assets
 from fraud_assets.assets.monitoring import build_monitoring_assets
 from fraud_assets.assets.training import build_training_assets
-from fraud_assets.automation import build_jobs, build_schedule, build_snapshot_sensor
+from fraud_assets.automation import (
+    build_drift_sensor,
+    build_failure_sensor,
+    build_jobs,
+    build_schedule,
+    build_snapshot_sensor,
+)
 from fraud_assets.params import Params, load_params
 from fraud_assets.partitions import monthly_partitions
 from fraud_assets.resources import FrameIOManager, MlflowResource, ProjectResource
@@ -46,7 +52,7 @@ def build_definitions(root: Path | None = None, resources: Mapping[str, Any] | N
         assets=build_assets(params),
         jobs=build_jobs(parts),
         schedules=[build_schedule(params, root)],
-        sensors=[build_snapshot_sensor(params, root)],
+        sensors=[build_snapshot_sensor(params, root), build_drift_sensor(), build_failure_sensor()],
         resources={**default_resources(root), **(resources or {})},
     )
 

@@ -44,3 +44,70 @@ def test_schedule_runs_last_month_or_skips(small_project: Path) -> None:
                                         scheduled_execution_time=dt.datetime(2025, 9, 2, 6, tzinfo=dt.UTC))
         skip = schedule(ctx)
         assert isinstance(skip, dg.SkipReason) and "2025-08" in skip.skip_message
+
+
+def test_drift_sensor_requests_a_retrain_only_on_drift() -> None:
+    from fraud_assets.automation import RETRAIN_JOB, build_drift_sensor
+
+    sensor = build_drift_sensor()
+    @dg.asset
+    def challenger_model() -> None:
+        return None
+
+    defs = dg.Definitions(assets=[dg.AssetSpec("drift_report"), challenger_model], sensors=[sensor],
+                          jobs=[dg.define_asset_job(RETRAIN_JOB, selection=["challenger_model"])])
+    with dg.instance_for_test() as instance:
+        cursor = None
+        answers = []
+        for month, drifted in (("2025-03", False), ("2025-04", True)):
+            instance.report_runless_asset_event(dg.AssetMaterialization(
+                "drift_report", partition=month, metadata={"drift_detected": drifted, "reasons": "2 features"}))
+            ctx = dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor)
+            answers.append(list(sensor(ctx)))
+            cursor = ctx.cursor
+        (skip,), (request,) = answers
+        assert isinstance(skip, dg.SkipReason) and "2025-03" in skip.skip_message
+        assert isinstance(request, dg.RunRequest)
+        assert request.partition_key == "2025-04" and request.tags["fraud/trigger"] == "drift"
+
+
+def test_failure_sensor_posts_to_the_webhook(monkeypatch) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from fraud_assets.automation import WEBHOOK_ENV, build_failure_sensor
+
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv(WEBHOOK_ENV, f"http://127.0.0.1:{server.server_port}/alerts")
+
+    @dg.asset
+    def broken() -> None:
+        raise ValueError("snapshot 2025-04.parquet is unreadable")
+
+    try:
+        with dg.instance_for_test() as instance:
+            result = dg.materialize([broken], instance=instance, raise_on_error=False)
+            assert not result.success
+            run = instance.get_run_by_id(result.run_id)
+            failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+            ctx = dg.build_run_status_sensor_context(sensor_name="run_failure_alert", dagster_instance=instance,
+                                                     dagster_run=run, dagster_event=failure).for_run_failure()
+            build_failure_sensor()(ctx)
+    finally:
+        server.shutdown()
+    (alert,) = received
+    assert alert["event"] == "dagster_run_failed" and alert["run_id"] == result.run_id
+    assert "unreadable" in alert["steps"][0]["error"]
