@@ -58,6 +58,7 @@ def pin(push: Annotated[bool, typer.Option(help="Push to the DVC remote too")] =
 def pipeline(
     month: Annotated[list[str] | None, typer.Option(help="Months to ingest (default: every snapshot)")] = None,
     train: Annotated[bool, typer.Option(help="Train and decide for the latest month")] = True,
+    until: Annotated[str | None, typer.Option(help="Ingest every snapshot up to this month, train for it")] = None,
 ) -> None:
     """Materialize the asset graph as Dagster runs: ingest each month, then train for the latest."""
     from fraud_assets.core.months import available_months
@@ -66,6 +67,10 @@ def pipeline(
 
     root = _root()
     months = sorted(month or available_months(root / load_params(root / "params.yaml").data.dir))
+    if until is not None:
+        if until not in months:
+            raise typer.BadParameter(f"no snapshot for {until}; have {', '.join(months) or 'none'}")
+        months = [m for m in months if m <= until]
     if not months:
         raise typer.BadParameter("no snapshots found: run `fraud simulate` first")
     decision = run_months(months, months[-1] if train else None, root)
@@ -273,3 +278,21 @@ def demo(
         typer.echo(f"scored {len(answers)} transactions over HTTP at {url}, model version(s) {versions}")
     typer.secho(f"\ndemo finished in {time.perf_counter() - start:.1f} s; state in {settings.state_dir().name}/",
                 bold=True)
+
+
+@app.command()
+def report(out: Annotated[Path, typer.Option(help="Folder to write the report into")] = Path("report")) -> None:
+    """Export the latest challenger's evaluation (JSON + plots) and the champion history, e.g. for CI artifacts."""
+    registry, client, name = _registry_context()
+    out.mkdir(parents=True, exist_ok=True)
+    moves = registry.alias_history(client, name, "champion")
+    (out / "champion_history.json").write_text(json.dumps(moves, indent=2) + "\n")
+    challenger = registry.alias_version(client, name, "challenger")
+    if challenger is None:
+        raise typer.BadParameter("no challenger has been trained yet: run `fraud pipeline` first")
+    for artifact in ("evaluation.json", "promotion_decision.json", "dataset.json", "plots"):
+        try:
+            client.download_artifacts(challenger.run_id, artifact, str(out))
+        except Exception as exc:  # an artifact a run does not have is reported, not fatal
+            typer.echo(f"  {artifact}: not in run {challenger.run_id} ({type(exc).__name__})")
+    typer.echo(f"report for challenger v{challenger.version} and {len(moves)} champion moves in {out}/")

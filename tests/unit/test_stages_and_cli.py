@@ -51,3 +51,20 @@ def test_cli_pipeline_status_and_history(pinned: Path, tmp_path: Path, monkeypat
     res = runner.invoke(app, ["history"])
     assert res.exit_code == 0 and "-> v1" in res.output and "no champion yet" in res.output
     assert (tmp_path / "state" / "dagster").is_dir()  # the runs went to the project's persistent instance
+
+
+def test_cli_report_exports_evaluation_and_history(pinned: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                   ) -> None:
+    monkeypatch.setenv("FRAUD_PROJECT_ROOT", str(pinned))
+    monkeypatch.setenv("FRAUD_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", "--out", str(tmp_path / "r")])
+    assert res.exit_code != 0 and "no challenger" in res.output
+    assert runner.invoke(app, ["pipeline"]).exit_code == 0
+    res = runner.invoke(app, ["report", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    decision = json.loads((tmp_path / "r" / "promotion_decision.json").read_text())
+    assert decision["promoted"] is True
+    assert json.loads((tmp_path / "r" / "champion_history.json").read_text())[0]["version"] == "1"
+    assert (tmp_path / "r" / "plots" / "precision_recall.png").stat().st_size > 1000
