@@ -65,25 +65,36 @@ def build_snapshot_sensor(params: Params, root: Path) -> dg.SensorDefinition:
     return new_snapshot_sensor
 
 
-def build_drift_sensor() -> dg.SensorDefinition:
-    """Retrain with a month as holdout when its drift report says the data moved."""
+def make_retrain_sensor(name: str, asset: str, flag: str, trigger: str) -> dg.SensorDefinition:
+    """A sensor that runs ``retrain_month`` for a partition whose ``asset`` materialized with ``flag`` true."""
 
-    @dg.asset_sensor(asset_key=dg.AssetKey("drift_report"), job_name=RETRAIN_JOB, minimum_interval_seconds=30,
+    @dg.asset_sensor(name=name, asset_key=dg.AssetKey(asset), job_name=RETRAIN_JOB, minimum_interval_seconds=30,
                      default_status=dg.DefaultSensorStatus.STOPPED)
-    def drift_retrain_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
-        """Requests a retrain when a materialized drift report has drift_detected."""
+    def _sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
         mat = asset_event.asset_materialization
         if mat is None or mat.partition is None:
-            return dg.SkipReason("drift report without a partition")
-        detected = mat.metadata.get("drift_detected")
-        if detected is None or not detected.value:
-            return dg.SkipReason(f"no drift in {mat.partition}")
+            return dg.SkipReason(f"{asset} without a partition")
+        value = mat.metadata.get(flag)
+        if value is None or not value.value:
+            return dg.SkipReason(f"no {trigger} in {mat.partition}")
         reasons = mat.metadata.get("reasons")
-        context.log.info(f"drift in {mat.partition}: {reasons.value if reasons else ''}")
-        return dg.RunRequest(partition_key=mat.partition, run_key=f"drift-{mat.partition}-{asset_event.run_id}",
-                             tags={"fraud/trigger": "drift"})
+        context.log.info(f"{trigger} in {mat.partition}: {reasons.value if reasons else flag}")
+        return dg.RunRequest(partition_key=mat.partition, run_key=f"{trigger}-{mat.partition}-{asset_event.run_id}",
+                             tags={"fraud/trigger": trigger})
 
-    return drift_retrain_sensor
+    _sensor.__doc__ = f"Retrains when {asset} reports {flag}."
+    return _sensor
+
+
+def build_drift_sensor() -> dg.SensorDefinition:
+    """Retrain with a month as holdout when its drift report says the data moved."""
+    return make_retrain_sensor("drift_retrain_sensor", "drift_report", "drift_detected", "drift")
+
+
+def build_live_performance_sensor() -> dg.SensorDefinition:
+    """Retrain when the served model's live AUPRC on a month falls below its floor."""
+    return make_retrain_sensor("live_performance_retrain_sensor", "live_performance", "performance_dropped",
+                               "live_performance_drop")
 
 
 def failure_payload(context: dg.RunFailureSensorContext) -> dict[str, Any]:

@@ -6,11 +6,14 @@ import json
 import signal
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fraud_assets import settings
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = typer.Typer(help="Fraud detection MLOps: DVC snapshots -> Dagster -> MLflow -> Ray Serve.",
                   no_args_is_help=True, add_completion=False)
@@ -25,22 +28,84 @@ def _root() -> Path:
 def simulate(
     start: Annotated[str | None, typer.Option(help="First month, YYYY-MM (default: data.start_month)")] = None,
     months: Annotated[int | None, typer.Option(help="How many months (default: data.months)")] = None,
+    pin: Annotated[bool, typer.Option("--pin/--no-pin", help="Pin with DVC and push when done")] = False,
 ) -> None:
-    """Simulate monthly snapshots into the data folder and print a summary per month."""
+    """Simulate monthly snapshots into the data folder and print a summary per month as each is written."""
+    import pandas as pd
+
     from fraud_assets.core.lineage import file_md5
     from fraud_assets.core.months import snapshot_path
-    from fraud_assets.core.simulate import simulate_months
+    from fraud_assets.core.simulate import iter_months
+    from fraud_assets.core.validate import earlier_month_ids, validate_transactions
     from fraud_assets.params import load_params
 
     root = _root()
     p = load_params(root / "params.yaml")
     data_dir = root / p.data.dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    typer.echo(f"{'month':8} {'rows':>8} {'fraud %':>8}  md5")
-    for month, frame in simulate_months(p.data, start or p.data.start_month, months or p.data.months).items():
+    first = start or p.data.start_month
+    seen = earlier_month_ids(data_dir, first)
+    typer.echo(_SUMMARY_HEADER + "  fraud by scenario")
+    for month, frame in iter_months(p.data, first, months or p.data.months):
         path = snapshot_path(data_dir, month)
         frame.to_parquet(path, index=False)
-        typer.echo(f"{month:8} {len(frame):>8} {100 * frame['is_fraud'].mean():>7.2f}%  {file_md5(path)}")
+        result = validate_transactions(frame, month, source=path.name, seen_ids=seen)
+        seen = seen.append(pd.Index(frame["transaction_id"]))
+        by = frame.loc[frame["is_fraud"] == 1, "fraud_scenario"].value_counts()
+        scenarios = " ".join(f"{_SHORT.get(k, k)}={v}" for k, v in sorted(by.items()))
+        typer.echo(_summary_line(month, frame, result.counts["rows_quarantined"], file_md5(path)) + f"  {scenarios}")
+    if pin:
+        _pin_and_report(root, push=True)
+
+
+_SUMMARY_HEADER = f"{'month':8} {'rows':>8} {'fraud %':>8} {'quarant.':>8}  {'md5 (= DVC hash)':32}"
+_SHORT = {"large_amount": "large", "compromised_terminal": "terminal", "compromised_card": "card",
+          "card_testing": "testing"}
+
+
+def _summary_line(month: str, frame: pd.DataFrame, quarantined: int, md5: str) -> str:
+    rate = 100 * frame["is_fraud"].astype("float64").mean() if len(frame) else 0.0
+    return f"{month:8} {len(frame):>8} {rate:>7.2f}% {quarantined:>8}  {md5:32}"
+
+
+def _pin_and_report(root: Path, push: bool) -> dict[str, str]:
+    from fraud_assets import dvc_ops
+
+    dvc_ops.ensure_repo(root)
+    hashes = dvc_ops.pin_snapshots(root, push=push)
+    pushed = " and pushed to the DVC remote" if push else ""
+    typer.echo(f"pinned {len(hashes)} month(s) in {dvc_ops.DVC_FILE}{pushed}")
+    return hashes
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="CSV or Parquet export of the bank's own system")],
+    map_: Annotated[list[str] | None, typer.Option(
+        "--map", help="SRC=DST: read canonical column DST from the file's column SRC (repeatable)")] = None,
+    timezone: Annotated[str, typer.Option(help="Time zone of timestamps without an offset")] = "UTC",
+    replace: Annotated[bool, typer.Option(help="Overwrite months whose snapshot exists with other data")] = False,
+    push: Annotated[bool, typer.Option(help="Push to the DVC remote after pinning")] = True,
+) -> None:
+    """Import an export as monthly snapshots (UTC months), pin them with DVC and push; print a summary."""
+    from fraud_assets.core.importer import import_file, parse_column_map
+    from fraud_assets.core.validate import SnapshotError, earlier_month_ids, read_snapshot, validate_transactions
+    from fraud_assets.params import load_params
+
+    root = _root()
+    data_dir = root / load_params(root / "params.yaml").data.dir
+    try:
+        written = import_file(file, data_dir, parse_column_map(map_ or []), timezone, replace=replace)
+    except (SnapshotError, ValueError, FileExistsError) as exc:
+        typer.secho(f"import failed: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    hashes = _pin_and_report(root, push=push)
+    typer.echo(_SUMMARY_HEADER + "  snapshot")
+    for w in written:
+        frame = read_snapshot(w.path)
+        seen = earlier_month_ids(data_dir, w.month)
+        result = validate_transactions(frame, w.month, source=w.path.name, seen_ids=seen)
+        typer.echo(_summary_line(w.month, frame, result.counts["rows_quarantined"], hashes[w.month]) + f"  {w.status}")
 
 
 @app.command()
@@ -91,12 +156,18 @@ def _print_decision(d: dict) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: serve.host)")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default: serve.port)")] = None,
+    insecure_local: Annotated[bool, typer.Option(help="Serve without an API key (local experiments only)")] = False,
 ) -> None:
-    """Serve the champion with Ray Serve until Ctrl-C (or SIGTERM)."""
-    from serving.app import start_serving, stop_serving
+    """Serve the champion with Ray Serve until Ctrl-C (or SIGTERM); needs $FRAUD_API_KEY unless --insecure-local."""
+    from serving.app import AppArgs, start_serving, stop_serving
 
     _root()
-    url = start_serving(host=host, port=port)
+    _ensure_api_key(generate=False)
+    try:
+        url = start_serving(host=host, port=port, args=AppArgs(insecure_local=insecure_local))
+    except RuntimeError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
     typer.echo(f"serving models:/fraud-detector@champion at {url} (Ctrl-C to stop)")
     signal.signal(signal.SIGTERM, _raise_interrupt)  # Ray replaced the handler in ray.init
     try:
@@ -139,7 +210,8 @@ def _score_over_http(root: Path, url: str | None, n: int) -> list[dict]:
     sample = (frame[frame["is_fraud"] == 1].head(n // 2), frame[frame["is_fraud"] == 0].head(n - n // 2))
     answers = []
     typer.echo(f"{'transaction_id':20} {'amount':>9} {'label':>5} {'p(fraud)':>9} {'alert':>6} version")
-    with httpx.Client(base_url=base, timeout=10) as client:
+    key = _api_key()
+    with httpx.Client(base_url=base, timeout=10, headers={"x-api-key": key} if key else {}) as client:
         for part in sample:
             for row in part.to_dict("records"):
                 body = {"transaction_id": row["transaction_id"], "tx_datetime": row["tx_datetime"].isoformat(),
@@ -152,6 +224,17 @@ def _score_over_http(root: Path, url: str | None, n: int) -> list[dict]:
                 typer.echo(f"{a['transaction_id']:20} {row['amount']:>9.2f} {row['is_fraud']:>5} "
                            f"{a['fraud_probability']:>9.4f} {a['alert']!s:>6} v{a['model_version']}")
     return answers
+
+
+def _api_key() -> str | None:
+    """``$FRAUD_API_KEY``, else the key ``scripts/up.sh`` keeps in the state folder (``api_key``), else None."""
+    import os
+
+    key = os.environ.get("FRAUD_API_KEY")
+    path = settings.state_dir() / "api_key"
+    if not key and path.exists():
+        key = path.read_text().strip()
+    return key or None
 
 
 @app.command()
@@ -269,6 +352,7 @@ def demo(
         from serving.app import start_serving, stop_serving
 
         step("serve the champion (Ray Serve) and score over HTTP")
+        _ensure_api_key()
         url = start_serving()
         try:
             answers = _score_over_http(root, url, 8)
@@ -278,6 +362,19 @@ def demo(
         typer.echo(f"scored {len(answers)} transactions over HTTP at {url}, model version(s) {versions}")
     typer.secho(f"\ndemo finished in {time.perf_counter() - start:.1f} s; state in {settings.state_dir().name}/",
                 bold=True)
+
+
+def _ensure_api_key(generate: bool = True) -> None:
+    """Put the configured API key (or, with ``generate``, a random one) into the environment Ray's workers inherit."""
+    import os
+    import secrets
+
+    key = _api_key()
+    if key:
+        os.environ["FRAUD_API_KEY"] = key
+    elif generate:
+        os.environ["FRAUD_API_KEY"] = secrets.token_urlsafe(32)
+        typer.echo("generated a random API key for this run (FRAUD_API_KEY)")
 
 
 @app.command()

@@ -17,12 +17,13 @@ from fraud_assets.automation import (
     build_drift_sensor,
     build_failure_sensor,
     build_jobs,
+    build_live_performance_sensor,
     build_schedule,
     build_snapshot_sensor,
 )
 from fraud_assets.params import Params, load_params
 from fraud_assets.partitions import monthly_partitions
-from fraud_assets.resources import FrameIOManager, MlflowResource, ProjectResource
+from fraud_assets.resources import FrameIOManager, MlflowResource, PredictionLogResource, ProjectResource
 
 
 def build_assets(params: Params) -> list[dg.AssetsDefinition]:
@@ -39,6 +40,7 @@ def default_resources(root: Path) -> dict[str, Any]:
         "mlflow": MlflowResource(tracking_uri=settings.mlflow_tracking_uri(),
                                  artifact_root=settings.mlflow_artifact_root()),
         "io_manager": FrameIOManager(base_dir=str(settings.state_dir() / "assets")),
+        "prediction_log": PredictionLogResource(path=str(settings.prediction_log_path())),
     }
 
 
@@ -52,7 +54,8 @@ def build_definitions(root: Path | None = None, resources: Mapping[str, Any] | N
         assets=build_assets(params),
         jobs=build_jobs(parts),
         schedules=[build_schedule(params, root)],
-        sensors=[build_snapshot_sensor(params, root), build_drift_sensor(), build_failure_sensor()],
+        sensors=[build_snapshot_sensor(params, root), build_drift_sensor(),
+                 build_live_performance_sensor(), build_failure_sensor()],
         resources={**default_resources(root), **(resources or {})},
     )
 

@@ -10,20 +10,41 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _ordered_pair(v: tuple[float, float], name: str) -> tuple[float, float]:
+    if v[0] > v[1]:
+        raise ValueError(f"{name} must be [low, high] with low <= high, got {list(v)}")
+    return v
+
+
 class FraudSimParams(_Strict):
     large_amount_threshold: float = Field(gt=0)
     large_amount_rate: float = Field(ge=0, le=1)
-    compromised_cards_per_day: float = Field(ge=0)
+    terminal_compromise_rate: float = Field(ge=0, le=1)
+    terminal_compromise_days: int = Field(ge=1)
+    card_compromise_rate: float = Field(ge=0, le=1)
     card_compromise_days: int = Field(ge=1)
     card_fraud_share: float = Field(ge=0, le=1)
     card_amount_multiplier: tuple[float, float]
+    card_testing_start_month: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
+    card_testing_rate: float = Field(ge=0, le=1)
+    card_testing_burst: tuple[int, int]
+    card_testing_amount: tuple[float, float]
+    card_testing_gap_minutes: tuple[float, float]
+
+    @field_validator("card_amount_multiplier", "card_testing_burst", "card_testing_amount",
+                     "card_testing_gap_minutes")
+    @classmethod
+    def _low_high(cls, v: tuple, info: ValidationInfo) -> tuple:
+        if min(v) < 0 or (info.field_name == "card_testing_burst" and v[0] < 1):
+            raise ValueError(f"{info.field_name} must be positive, got {list(v)}")
+        return _ordered_pair(v, info.field_name)
 
 
 class DataParams(_Strict):
@@ -31,12 +52,26 @@ class DataParams(_Strict):
     start_month: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
     months: int = Field(ge=1, le=120)
     seed: int
+    max_quarantine_share: float = Field(ge=0, le=1)
     n_customers: int = Field(ge=1)
     n_terminals: int = Field(ge=1)
-    terminals_per_customer: int = Field(ge=1)
+    area_size: float = Field(gt=0)
+    terminal_radius: float = Field(gt=0)
     mean_tx_per_day: float = Field(gt=0)
-    max_quarantine_share: float = Field(ge=0, le=1)
+    amount_mean_range: tuple[float, float]
+    hour_peak: float = Field(ge=0, lt=24)
+    hour_spread: float = Field(gt=0)
+    weekend_volume_factor: float = Field(ge=0)
+    monthly_volume_growth: float = Field(gt=-1)
+    monthly_amount_drift: float = Field(gt=-1)
     fraud: FraudSimParams
+
+    @field_validator("amount_mean_range")
+    @classmethod
+    def _amount_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] <= 0:
+            raise ValueError(f"amount_mean_range must be positive, got {list(v)}")
+        return _ordered_pair(v, "amount_mean_range")
 
 
 class FeatureParams(_Strict):
@@ -90,6 +125,12 @@ class ServeParams(_Strict):
     max_replicas: int = Field(ge=1)
     target_ongoing_requests: float = Field(gt=0)
     max_ongoing_requests: int = Field(ge=1)
+    max_queued_requests: int = Field(ge=1)
+    batch_wait_timeout_s: float = Field(ge=0, le=1)
+    max_batch_size: int = Field(ge=1)
+    reload_interval_s: float = Field(gt=0)
+    max_batch_rows: int = Field(ge=1)
+    max_body_bytes: int = Field(ge=1024)
 
 
 class MonitorParams(_Strict):
@@ -100,6 +141,8 @@ class MonitorParams(_Strict):
     min_drifted_features: int = Field(ge=1)
     score_psi_threshold: float = Field(gt=0)
     fraud_rate_change_threshold: float = Field(gt=0)
+    min_live_labelled: int = Field(ge=1)
+    min_live_average_precision: float = Field(ge=0, le=1)
 
 
 class Params(_Strict):

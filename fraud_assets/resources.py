@@ -54,6 +54,34 @@ class MlflowResource(dg.ConfigurableResource):
         return self.client().create_run(exp_id, run_name=run_name, tags=tags).info.run_id
 
 
+class PredictionLogResource(dg.ConfigurableResource):
+    """The serving prediction log (SQLite, written by the Ray Serve replicas), read-only."""
+
+    path: str
+
+    def read_month(self, month: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Predictions of transactions dated in ``month`` and every label received (empty when no log yet)."""
+        import sqlite3
+
+        from fraud_assets.core.months import month_bounds
+
+        empty = (pd.DataFrame(columns=["transaction_id", "tx_datetime", "model_version", "fraud_probability",
+                                       "alert"]),
+                 pd.DataFrame(columns=["transaction_id", "is_fraud", "received_at"]))
+        if not Path(self.path).exists():
+            return empty
+        start, end = month_bounds(month)
+        # Timestamps are ISO text with any UTC offset: narrow with a day of slack in SQL, then exactly in UTC.
+        lo, hi = (start - pd.Timedelta(days=1)).strftime("%Y-%m-%d"), (end + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+        with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30.0) as conn:
+            preds = pd.read_sql_query(
+                "SELECT transaction_id, tx_datetime, model_version, fraud_probability, alert FROM predictions "
+                "WHERE tx_datetime >= ? AND tx_datetime < ?", conn, params=(lo, hi))
+            labels = pd.read_sql_query("SELECT transaction_id, is_fraud, received_at FROM labels", conn)
+        when = pd.to_datetime(preds["tx_datetime"], utc=True, format="ISO8601")
+        return preds.loc[(when >= start) & (when < end)].reset_index(drop=True), labels
+
+
 BY_PARTITION = "by_partition"  # AssetIn metadata: load a partition range as {partition: value}
 
 

@@ -55,6 +55,12 @@ def mlflow_artifact_root() -> str:
     return (state_dir() / "mlflow" / "artifacts").as_uri()
 
 
+def prediction_log_path() -> Path:
+    """The serving prediction log (SQLite): ``$FRAUD_PREDICTION_LOG`` or ``predictions.sqlite`` in the state folder."""
+    env = os.environ.get("FRAUD_PREDICTION_LOG")
+    return Path(env).resolve() if env else state_dir() / "predictions.sqlite"
+
+
 def dvc_remote_dir() -> Path:
     return state_dir() / "dvc-remote"
 

@@ -5,7 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from fraud_assets.core.months import snapshot_path
-from fraud_assets.core.validate import read_snapshot, validate_transactions
+from fraud_assets.core.validate import earlier_month_ids, read_snapshot, validate_transactions
 from fraud_assets.params import Params
 from fraud_assets.resources import ProjectResource
 
@@ -41,9 +41,11 @@ def build_ingestion_assets(params: Params, partitions: dg.PartitionsDefinition) 
                               description="quarantined share of rows <= data.max_quarantine_share"),
         ],
     )
-    def validate_month(context: dg.AssetExecutionContext, raw_transactions: pd.DataFrame):
-        """Validate a month with pandera; invalid rows are quarantined with reasons, never dropped."""
-        result = validate_transactions(raw_transactions, context.partition_key, source=context.partition_key)
+    def validate_month(context: dg.AssetExecutionContext, project: ProjectResource, raw_transactions: pd.DataFrame):
+        """Validate a month with pandera; invalid rows (and ids used by earlier months) are quarantined with reasons."""
+        month = context.partition_key
+        seen = earlier_month_ids(project.data_dir(), month)
+        result = validate_transactions(raw_transactions, month, source=f"{month}.parquet", seen_ids=seen)
         counts = result.counts
         share = counts["rows_quarantined"] / max(counts["rows_in"], 1)
         reasons = result.quarantined["quarantine_reason"].value_counts().head(10).to_dict()

@@ -10,10 +10,12 @@ import pandas as pd
 from fraud_assets import registry
 from fraud_assets.core.drift import drift_report as compute_drift
 from fraud_assets.core.features import FEATURE_COLUMNS
+from fraud_assets.core.live import attach_labels
+from fraud_assets.core.live import live_performance as live_perf
 from fraud_assets.core.plots import drift_png
 from fraud_assets.core.train import predict
 from fraud_assets.params import Params
-from fraud_assets.resources import BY_PARTITION, MlflowResource
+from fraud_assets.resources import BY_PARTITION, MlflowResource, PredictionLogResource
 
 GROUP = "monitoring"
 EXPERIMENT = "fraud-monitoring"
@@ -59,7 +61,31 @@ def build_monitoring_assets(params: Params, partitions: dg.PartitionsDefinition)
             metadata={"reasons": "; ".join(report["reasons"]) or "none", "psi_threshold": m.psi_threshold,
                       "max_psi": max(f["psi"] for f in report["features"])})
 
-    return [drift_report]
+    @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"sqlite"},
+              check_specs=[dg.AssetCheckSpec("live_performance_holds", asset="live_performance", blocking=False,
+                                             description="served AUPRC >= monitor.min_live_average_precision")])
+    def live_performance(context: dg.AssetExecutionContext, validated_transactions: pd.DataFrame,
+                         prediction_log: PredictionLogResource):
+        """The served models' precision, recall and AUPRC on a month, from the prediction log and late labels."""
+        predictions, api_labels = prediction_log.read_month(context.partition_key)
+        result = {"month": context.partition_key,
+                  **live_perf(attach_labels(predictions, api_labels, validated_transactions))}
+        overall = result["overall"]
+        judged = overall["labelled"] >= m.min_live_labelled and overall["average_precision"] is not None
+        result["performance_dropped"] = bool(judged and overall["average_precision"] < m.min_live_average_precision)
+        yield dg.Output(result, metadata={
+            "scored": overall["scored"], "labelled": overall["labelled"], "alerts": overall["alerts"],
+            "average_precision": overall["average_precision"], "precision": overall["precision"],
+            "recall": overall["recall"], "performance_dropped": result["performance_dropped"],
+            "by_model_version": dg.MetadataValue.json(result["by_model_version"])})
+        yield dg.AssetCheckResult(
+            check_name="live_performance_holds", passed=not result["performance_dropped"],
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"average_precision": overall["average_precision"], "labelled": overall["labelled"],
+                      "min_live_average_precision": m.min_live_average_precision,
+                      "judged": judged})
+
+    return [drift_report, live_performance]
 
 
 def _champion_scores(mlflow: MlflowResource, params: Params, reference: pd.DataFrame, current: pd.DataFrame

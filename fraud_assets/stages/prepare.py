@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from fraud_assets.core.months import available_months, snapshot_path
 from fraud_assets.core.validate import read_snapshot, validate_transactions
 from fraud_assets.stages import PREPARED, QUARANTINE, stage_params, write_json
@@ -17,9 +19,12 @@ def prepare(data_dir: Path, out_dir: Path, quarantine_dir: Path) -> dict[str, di
     out_dir.mkdir(parents=True, exist_ok=True)
     quarantine_dir.mkdir(parents=True, exist_ok=True)
     counts: dict[str, dict[str, float]] = {}
+    seen = pd.Index([], dtype=object)  # ids of earlier months: a later month reusing one is quarantined
     for month in months:
         path = snapshot_path(data_dir, month)
-        result = validate_transactions(read_snapshot(path), month, source=path.name)
+        raw = read_snapshot(path)
+        result = validate_transactions(raw, month, source=path.name, seen_ids=seen)
+        seen = seen.append(pd.Index(raw["transaction_id"].dropna().astype(str).unique()))
         result.valid.to_parquet(out_dir / f"{month}.parquet", index=False)
         result.quarantined.to_parquet(quarantine_dir / f"{month}.parquet", index=False)
         c = result.counts

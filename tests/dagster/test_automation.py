@@ -71,6 +71,24 @@ def test_drift_sensor_requests_a_retrain_only_on_drift() -> None:
         assert request.partition_key == "2025-04" and request.tags["fraud/trigger"] == "drift"
 
 
+def test_live_performance_sensor_requests_a_retrain_on_a_drop() -> None:
+    from fraud_assets.automation import RETRAIN_JOB, build_live_performance_sensor
+
+    sensor = build_live_performance_sensor()
+
+    @dg.asset
+    def challenger_model() -> None:
+        return None
+
+    defs = dg.Definitions(assets=[dg.AssetSpec("live_performance"), challenger_model], sensors=[sensor],
+                          jobs=[dg.define_asset_job(RETRAIN_JOB, selection=["challenger_model"])])
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            "live_performance", partition="2025-05", metadata={"performance_dropped": True}))
+        (request,) = list(sensor(dg.build_sensor_context(instance=instance, definitions=defs)))
+        assert request.partition_key == "2025-05" and request.tags["fraud/trigger"] == "live_performance_drop"
+
+
 def test_failure_sensor_posts_to_the_webhook(monkeypatch) -> None:
     import json
     import threading

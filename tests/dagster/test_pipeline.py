@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
+from sklearn.metrics import average_precision_score
 
 from fraud_assets.core.features import FEATURE_COLUMNS
 from fraud_assets.core.lineage import file_md5
@@ -13,7 +15,7 @@ from fraud_assets.core.months import month_range, shift_month, snapshot_path
 from fraud_assets.definitions import build_assets, build_definitions
 from fraud_assets.params import load_params
 from fraud_assets.registry import alias_version, client_for
-from fraud_assets.resources import FrameIOManager, MlflowResource, ProjectResource
+from fraud_assets.resources import FrameIOManager, MlflowResource, PredictionLogResource, ProjectResource
 
 
 class FileHashProject(ProjectResource):
@@ -29,6 +31,7 @@ def _resources(root: Path, state: Path) -> dict:
         "project": FileHashProject(root=str(root)),
         "mlflow": MlflowResource(tracking_uri=uri, artifact_root=(state / "artifacts").as_uri()),
         "io_manager": FrameIOManager(base_dir=str(state / "assets")),
+        "prediction_log": PredictionLogResource(path=str(state / "predictions.sqlite")),
     }
 
 
@@ -164,3 +167,44 @@ def test_drift_report_against_preceding_months(materialized: dict, small_project
     first = dg.materialize(build_assets(params), partition_key=months[0], resources=resources,
                            instance=materialized["instance"], selection=dg.AssetSelection.groups("monitoring"))
     assert first.output_for_node("drift_report")["note"] == "no earlier month to compare"
+
+
+def _write_prediction_log(path: Path, rows: list[tuple], labels: list[tuple]) -> None:
+    """A prediction log as the serving replicas write it (the columns live_performance reads)."""
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE predictions (request_id TEXT, transaction_id TEXT, tx_datetime TEXT, "
+                     "model_version TEXT, fraud_probability REAL, alert INTEGER)")
+        conn.execute("CREATE TABLE labels (transaction_id TEXT, is_fraud INTEGER, received_at TEXT)")
+        conn.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?)", rows)
+        conn.executemany("INSERT INTO labels VALUES (?, ?, ?)", labels)
+
+
+def test_live_performance_joins_served_scores_with_labels(materialized: dict, small_project: Path) -> None:
+    params, months, state = materialized["params"], materialized["months"], materialized["state"]
+    month = months[-1]
+    snapshot = pd.read_parquet(snapshot_path(small_project / params.data.dir, month))
+    served = snapshot.head(400)
+    rows = [(f"r{i}", tx.transaction_id, tx.tx_datetime.tz_convert("Europe/Paris").isoformat(), "1",
+             0.9 if tx.is_fraud else 0.1, int(tx.is_fraud)) for i, tx in enumerate(served.itertuples())]
+    # One label arrives through the API and overrides the snapshot; a transaction of another month is ignored.
+    first = served.iloc[0]
+    labels = [(first.transaction_id, 1 - int(first.is_fraud), "2030-01-01T00:00:00+00:00")]
+    rows.append(("x", "elsewhere", "2019-01-01T00:00:00+00:00", "1", 0.5, 0))
+    _write_prediction_log(state / "predictions.sqlite", rows, labels)
+    res = dg.materialize(build_assets(params), partition_key=month, resources=_resources(small_project, state),
+                         instance=materialized["instance"], selection=["live_performance"])
+    assert res.success
+    live = res.output_for_node("live_performance")
+    overall = live["overall"]
+    assert overall["scored"] == 400 and overall["labelled"] == 400
+    assert live["label_sources"] == {"snapshot": 399, "api": 1}
+    assert overall["alerts"] == int(served["is_fraud"].sum())
+    assert set(live["by_model_version"]) == {"1"}
+    expected = served["is_fraud"].to_numpy().copy()
+    expected[0] = 1 - expected[0]
+    scores = [0.9 if f else 0.1 for f in served["is_fraud"]]
+    assert overall["frauds"] == int(expected.sum())
+    assert overall["average_precision"] == pytest.approx(average_precision_score(expected, scores))
+    assert res.get_asset_check_evaluations()[0].check_name == "live_performance_holds"

@@ -78,7 +78,7 @@ def postgres() -> Iterator[str]:
 
 
 def test_train_register_promote_and_load_on_postgres(postgres: str, tmp_path: Path) -> None:
-    from fraud_assets.resources import FrameIOManager, MlflowResource
+    from fraud_assets.resources import FrameIOManager, MlflowResource, PredictionLogResource
 
     root = write_small_project(tmp_path / "project", months=4)
     params = load_params(root / "params.yaml")
@@ -86,6 +86,7 @@ def test_train_register_promote_and_load_on_postgres(postgres: str, tmp_path: Pa
         "project": FileHashProject(root=str(root)),
         "mlflow": MlflowResource(tracking_uri=postgres, artifact_root=(tmp_path / "artifacts").as_uri()),
         "io_manager": FrameIOManager(base_dir=str(tmp_path / "assets")),
+        "prediction_log": PredictionLogResource(path=str(tmp_path / "predictions.sqlite")),
     }
     instance = dg.DagsterInstance.ephemeral()
     months = month_range(params.data.start_month, params.data.months)

@@ -1,0 +1,191 @@
+"""Import a bank's own export (CSV or Parquet) into canonical monthly snapshots.
+
+The export's columns are mapped onto the canonical schema (``src=dst``; a canonical column that is
+already named right needs no mapping), naive timestamps are read in ``timezone`` and every timestamp is
+normalized to UTC, ids become strings, and the rows are split by UTC calendar month. Rows are sorted and
+written the same way every time, so importing the same file twice gives the same bytes (the same DVC
+hashes). Values that cannot be read (an amount that is not a number) become missing and are quarantined
+by validation downstream; only a timestamp that cannot be read fails the import, since its row has no month.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pandas as pd
+
+from fraud_assets.core.lineage import file_md5
+from fraud_assets.core.months import snapshot_path
+from fraud_assets.core.validate import SnapshotError
+from fraud_assets.schemas import REQUIRED_COLUMNS
+
+ID_COLUMNS = ("transaction_id", "customer_id", "terminal_id")
+SORT_COLUMNS = ["tx_datetime", "transaction_id", "customer_id", "terminal_id", "amount", "is_fraud"]
+
+
+@dataclass(frozen=True)
+class MonthWrite:
+    """What importing did to one month's snapshot."""
+
+    month: str
+    path: Path
+    rows: int
+    fraud_rate: float
+    status: str  # "new", "unchanged" or "replaced"
+
+
+def parse_column_map(items: Iterable[str]) -> dict[str, str]:
+    """``["src=dst", ...]`` -> ``{src: dst}``; every ``dst`` must be a canonical column, named once."""
+    mapping: dict[str, str] = {}
+    for item in items:
+        src, sep, dst = item.partition("=")
+        src, dst = src.strip(), dst.strip()
+        if not sep or not src or not dst:
+            raise ValueError(f"--map expects SRC=DST, got {item!r}")
+        if dst not in REQUIRED_COLUMNS:
+            raise ValueError(f"--map {item}: {dst!r} is not a canonical column ({', '.join(REQUIRED_COLUMNS)})")
+        if dst in mapping.values():
+            raise ValueError(f"--map {item}: {dst!r} is mapped twice")
+        mapping[src] = dst
+    return mapping
+
+
+def read_export(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet export, failing with the file's name if it cannot be read."""
+    p = Path(path)
+    if not p.exists():
+        raise SnapshotError(f"file not found: {p}")
+    suffix = p.suffix.lower()
+    if suffix not in {".csv", ".parquet", ".pq"}:
+        raise SnapshotError(f"{p.name}: unsupported file type {suffix or '(none)'}; expected .csv or .parquet")
+    try:
+        return pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""]) if suffix == ".csv" \
+            else pd.read_parquet(p)
+    except Exception as exc:  # pandas/pyarrow raise many types; all mean "unreadable"
+        raise SnapshotError(f"cannot read {p}: {exc}") from exc
+
+
+def to_canonical(raw: pd.DataFrame, column_map: Mapping[str, str], timezone: str = "UTC",
+                 source: str = "input") -> pd.DataFrame:
+    """Rename, type and sort ``raw`` into the canonical columns (others are dropped), timestamps in UTC."""
+    try:
+        tz = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown timezone {timezone!r}") from exc
+    for src, dst in column_map.items():
+        if src not in raw.columns:
+            raise SnapshotError(f"{source}: column {src!r} (mapped to {dst}) is not in the file; "
+                                f"it has {', '.join(map(str, raw.columns))}")
+    frame = raw.rename(columns=dict(column_map))
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise SnapshotError(f"{source}: missing required column(s) {', '.join(missing)} "
+                            f"(map one with --map SRC={missing[0]})")
+    out = pd.DataFrame({c: frame[c] for c in REQUIRED_COLUMNS})
+    for col in ID_COLUMNS:
+        out[col] = _as_str(out[col])
+    out["tx_datetime"] = _to_utc(out["tx_datetime"], tz, source)
+    out["amount"] = pd.to_numeric(out["amount"], errors="coerce").astype("float64")
+    out["is_fraud"] = _label(out["is_fraud"])
+    return out.sort_values(SORT_COLUMNS, kind="mergesort", na_position="last").reset_index(drop=True)
+
+
+def split_months(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``{YYYY-MM: rows}`` by the UTC calendar month of ``tx_datetime``."""
+    month = frame["tx_datetime"].dt.strftime("%Y-%m")
+    return {m: part.reset_index(drop=True) for m, part in frame.groupby(month, sort=True)}
+
+
+def write_months(months: Mapping[str, pd.DataFrame], data_dir: str | Path, replace: bool = False
+                 ) -> list[MonthWrite]:
+    """Write each month's snapshot; an existing month is left alone when its bytes would not change.
+
+    Raises:
+        FileExistsError: a month already has a snapshot with other bytes and ``replace`` is False
+            (nothing is written then).
+    """
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    plans = []
+    with tempfile.TemporaryDirectory(dir=data_dir.parent) as tmp:
+        for month, frame in months.items():
+            staged = Path(tmp) / f"{month}.parquet"
+            frame.to_parquet(staged, index=False)
+            target = snapshot_path(data_dir, month)
+            status = "new" if not target.exists() else (
+                "unchanged" if file_md5(target) == file_md5(staged) else "replaced")
+            plans.append((month, frame, staged, target, status))
+        clashes = [m for m, _, _, _, status in plans if status == "replaced"]
+        if clashes and not replace:
+            raise FileExistsError(f"snapshot(s) {', '.join(clashes)} already exist in {data_dir} with other data; "
+                                  "pass --replace to overwrite them")
+        for _, _, staged, target, status in plans:
+            if status != "unchanged":
+                staged.replace(target)
+    return [MonthWrite(month, target, len(frame), float(frame["is_fraud"].astype("float64").mean()), status)
+            for month, frame, _, target, status in plans]
+
+
+def import_file(path: str | Path, data_dir: str | Path, column_map: Mapping[str, str], timezone: str = "UTC",
+                replace: bool = False) -> list[MonthWrite]:
+    """Read an export, map it to the canonical schema and write it as monthly snapshots in ``data_dir``."""
+    p = Path(path)
+    frame = to_canonical(read_export(p), column_map, timezone, source=p.name)
+    return write_months(split_months(frame), data_dir, replace=replace)
+
+
+def _as_str(s: pd.Series) -> pd.Series:
+    """Ids as strings; a whole-number float column (integers with gaps) loses its ``.0``."""
+    if pd.api.types.is_float_dtype(s) and (s.dropna() % 1 == 0).all():
+        s = s.astype("Int64")
+    return s.astype(object).map(lambda v: None if pd.isna(v) else str(v)).astype(object)
+
+
+def _label(s: pd.Series) -> pd.Series:
+    """0/1 labels as nullable integers; true/false and yes/no words too; anything else becomes missing."""
+    words = {"true": 1, "false": 0, "yes": 1, "no": 0}
+    if s.dtype == bool:
+        s = s.astype(int)
+    s = s.map(lambda v: words.get(v.strip().lower(), v) if isinstance(v, str) else v)
+    num = pd.to_numeric(s, errors="coerce").astype("float64")
+    return num.where(num % 1 == 0).astype("Int64")
+
+
+def _to_utc(s: pd.Series, tz: ZoneInfo, source: str) -> pd.Series:
+    """Timestamps in UTC: aware values are converted, naive ones are read as ``tz`` wall-clock time."""
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        return s.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
+    if pd.api.types.is_datetime64_dtype(s):
+        parsed = s
+    else:
+        text = s.astype("string").str.strip()
+        aware = text.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True, na=False)
+        parsed = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns, UTC]")
+        if aware.any():
+            parsed[aware] = pd.to_datetime(text[aware], utc=True, errors="coerce", format="ISO8601")
+        naive = pd.to_datetime(text[~aware], errors="coerce", format="ISO8601")
+        if len(naive):
+            parsed[~aware] = _localize(naive, tz)
+        _fail_unreadable(parsed, s, source)
+        return parsed
+    out = _localize(parsed, tz)
+    _fail_unreadable(out, s, source)
+    return out
+
+
+def _localize(naive: pd.Series, tz: ZoneInfo) -> pd.Series:
+    """Naive wall-clock times in ``tz`` -> UTC (DST gaps shift forward; repeated hours read as standard time)."""
+    return (naive.dt.tz_localize(tz, ambiguous=False, nonexistent="shift_forward")
+            .dt.tz_convert("UTC").astype("datetime64[ns, UTC]"))
+
+
+def _fail_unreadable(parsed: pd.Series, raw: pd.Series, source: str) -> None:
+    bad = parsed.isna()
+    if bad.any():
+        examples = ", ".join(repr(v) for v in raw[bad].head(3).tolist())
+        raise SnapshotError(f"{source}: column tx_datetime: {int(bad.sum())} value(s) cannot be read as a "
+                            f"timestamp (e.g. {examples}); a row without a time has no month to go to")
