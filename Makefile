@@ -12,7 +12,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DAGSTER_DISABLE_TELEMETRY := 1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: install demo test coverage lint lint-workflows up down bootstrap repro clean
+.PHONY: install demo year test coverage lint lint-workflows up down bootstrap repro clean
 
 # Bootstrap uv when it is missing, then the locked environment (re-synced when the lock changes).
 $(VENV)/.synced: uv.lock pyproject.toml
@@ -24,6 +24,9 @@ install: $(VENV)/.synced
 
 demo: install  ## simulate -> DVC -> Dagster -> MLflow -> Ray Serve -> HTTP scores, then stop everything
 	$(BIN)/fraud demo
+
+year: install  ## the year story: 12 months, card testing from month 7, drift -> retrain -> promotion -> reload
+	$(BIN)/fraud simulate-year
 
 test: install  ## the whole test suite (slow tests included)
 	$(BIN)/pytest -q

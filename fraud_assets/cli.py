@@ -393,3 +393,21 @@ def report(out: Annotated[Path, typer.Option(help="Folder to write the report in
         except Exception as exc:  # an artifact a run does not have is reported, not fatal
             typer.echo(f"  {artifact}: not in run {challenger.run_id} ({type(exc).__name__})")
     typer.echo(f"report for challenger v{challenger.version} and {len(moves)} champion moves in {out}/")
+
+
+@app.command("simulate-year")
+def simulate_year(
+    months: Annotated[int, typer.Option(help="How many months the story runs")] = 12,
+    serve: Annotated[bool, typer.Option(help="Score each month live through Ray Serve")] = True,
+    out: Annotated[Path | None, typer.Option(help="Folder of the story (default: <state>/year)")] = None,
+) -> None:
+    """The year story: months of simulated data through the real sensors, drift, retrains and serving."""
+    from fraud_assets.story import run_year, write_report
+
+    _root()
+    base = out or settings.state_dir() / "year"
+    start = time.perf_counter()
+    records = run_year(base, months=months, serve=serve, log=typer.echo)
+    path = write_report(records, base / "report")
+    typer.secho(f"\nyear story: {len(records)} months in {time.perf_counter() - start:.0f} s; report {path}",
+                bold=True)

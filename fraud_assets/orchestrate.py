@@ -43,14 +43,14 @@ def run_months(months: Sequence[str], train_month: str | None, root: Path | None
 
 
 # The console shows warnings and errors only; every event is still in the instance (the UI's run view).
-_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def _run(assets: list, resources: dict, instance: dg.DagsterInstance, month: str,
          selection: dg.AssetSelection) -> dg.ExecuteInProcessResult:
     result = dg.materialize(assets, partition_key=month, resources=resources, instance=instance,
                             selection=selection, raise_on_error=False, tags={"fraud/launched_by": "cli"},
-                            run_config=_QUIET)
+                            run_config=QUIET)
     if not result.success:
         errors = [e.step_failure_data.error.message.strip() for e in result.get_step_failure_events()
                   if e.step_failure_data.error]
