@@ -12,7 +12,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DAGSTER_DISABLE_TELEMETRY := 1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: install demo year test coverage lint lint-workflows up down bootstrap repro clean
+.PHONY: install demo year test coverage lint lint-workflows up down bootstrap repro clean bench-serving
 
 # Bootstrap uv when it is missing, then the locked environment (re-synced when the lock changes).
 $(VENV)/.synced: uv.lock pyproject.toml
@@ -55,6 +55,9 @@ up: bootstrap  ## Dagster UI :3000, MLflow UI :5000, model :8000, all on 127.0.0
 
 down:  ## stop what `make up` started (when it was not stopped with Ctrl-C)
 	bash scripts/down.sh
+
+bench-serving: install  ## raw XGBoost vs bare FastAPI+uvicorn vs the Ray Serve service, side by side
+	$(BIN)/python benchmarks/bench_serving.py
 
 clean: down  ## remove all runtime state (Dagster home, MLflow store, DVC remote, logs)
 	rm -rf .state data/prepared data/features models

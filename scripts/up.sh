@@ -9,6 +9,16 @@ RUN="$STATE/run"
 LOGS="$STATE/logs"
 mkdir -p "$STATE/dagster" "$STATE/mlflow/artifacts" "$RUN" "$LOGS"
 export DAGSTER_HOME="$STATE/dagster"
+# The scoring API needs a key: $FRAUD_API_KEY, else one kept in the state folder (created once, mode 0600).
+if [ -z "${FRAUD_API_KEY:-}" ]; then
+  if [ ! -s "$STATE/api_key" ]; then
+    (umask 077 && "$PWD/.venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(32))' >"$STATE/api_key")
+    echo "generated an API key in ${STATE#"$PWD"/}/api_key"
+  fi
+  chmod 600 "$STATE/api_key"
+  FRAUD_API_KEY=$(cat "$STATE/api_key")
+fi
+export FRAUD_API_KEY
 BIN="$PWD/.venv/bin"
 HOST=127.0.0.1
 
@@ -25,7 +35,8 @@ stop_all() {
 }
 trap stop_all INT TERM EXIT
 
-start mlflow "$BIN/mlflow" server --host "$HOST" --port 5000 \
+# One worker: SQLite serialises writes anyway, and each extra uvicorn worker costs ~250 MB.
+start mlflow "$BIN/mlflow" server --host "$HOST" --port 5000 --workers "${FRAUD_MLFLOW_WORKERS:-1}" \
   --backend-store-uri "sqlite:///$STATE/mlflow/mlflow.db" \
   --default-artifact-root "$STATE/mlflow/artifacts"
 start dagster "$BIN/dagster" dev -w workspace.yaml -h "$HOST" -p 3000
@@ -43,4 +54,6 @@ wait_http "MLflow UI" "http://$HOST:5000/health" 90
 wait_http "Dagster UI" "http://$HOST:3000/server_info" 120
 wait_http "fraud model" "http://$HOST:8000/ready" 180
 echo "all up. Ctrl-C stops everything."
+echo "score: fraud score   (or curl -H \"x-api-key: \$(cat ${STATE#"$PWD"/}/api_key)\" -H 'content-type: application/json' \\"
+echo "         -d '{\"transaction_id\":\"t1\",\"tx_datetime\":\"2025-06-01T12:00:00Z\",\"customer_id\":\"c1\",\"terminal_id\":\"k1\",\"amount\":42.0}' http://$HOST:8000/predict)"
 wait

@@ -1,10 +1,25 @@
 """The Ray Serve application: one deployment with a FastAPI ingress that serves ``models:/<name>@<alias>``.
 
-Endpoints: ``POST /predict`` (one transaction, micro-batched with ``@serve.batch``), ``POST /predict/batch``,
-``GET /health`` (liveness) and ``GET /ready`` (200 with the model version once a model is loaded, else 503).
-Each replica follows the alias: every few seconds it resolves it and, when it moved, loads the new version,
-scores a warm-up row and only then swaps it in with one reference assignment; when the new version fails,
-the old one keeps serving and ``/ready`` reports the error. Every answer names the version that scored it.
+Endpoints: ``POST /predict`` (one transaction, micro-batched with ``@serve.batch``), ``POST /predict/batch``
+(up to ``serve.max_batch_rows``), ``POST /labels`` (late fraud labels), ``GET /health`` (liveness),
+``GET /ready`` (200 with the model version once a model is loaded and warmed up, else 503) and
+``GET /metrics`` (Prometheus text of *this replica*: with several replicas each answers for itself, so
+scrape Ray's own metrics endpoint or every replica in production). OpenAPI at ``/docs``.
+
+Security: every endpoint but ``/health``, ``/ready``, ``/metrics`` and the docs needs the ``x-api-key``
+header equal to ``$FRAUD_API_KEY`` in the replica's environment; it is checked before the body is read
+(see :mod:`serving.guard`). Without a key a replica refuses to start unless insecure local mode is asked
+for explicitly (``$FRAUD_INSECURE_LOCAL=1`` or ``insecure_local: true``), which it logs as a warning and
+reports in ``/ready``. On a local cluster Ray's workers inherit the environment of the process that
+started Ray; on a remote cluster put the key into the cluster's environment (not into serve_config.yaml).
+
+Each replica follows the alias: every ``serve.reload_interval_s`` it resolves it and, when it moved, loads
+the new version in a thread, scores a warm-up row and only then swaps it in with one reference assignment;
+when the new version fails to load or to warm up, the old one keeps serving, the reason is logged and
+``/ready`` reports it. Every answer names the version that scored it. With several replicas each swaps on
+its own schedule, so for up to one reload interval two replicas may answer with different versions.
+
+Every scored transaction goes to the prediction log (:mod:`serving.predlog`) off the hot path.
 
 Network exposure: the HTTP proxy binds 127.0.0.1 unless told otherwise, but Ray's own internal services
 (GCS, raylet, object manager, workers) listen on all interfaces of the machine; run it on a trusted network
@@ -23,27 +38,57 @@ import time
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, HTTPException, Request
+import orjson
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve import Application
 
 from fraud_assets import registry
 from fraud_assets.params import FeatureParams, load_params
-from fraud_assets.settings import disable_telemetry, mlflow_tracking_uri
-from serving.api import Health, Readiness, Score, ScoreBatch, Transaction, TransactionBatch
-from serving.predictor import Predictor
+from fraud_assets.settings import disable_telemetry, mlflow_tracking_uri, prediction_log_path
+from serving.api import (
+    LABEL_BATCH,
+    TRANSACTION,
+    TRANSACTION_BATCH,
+    Health,
+    LabelBatch,
+    LabelsStored,
+    Readiness,
+    Score,
+    ScoreBatch,
+    Transaction,
+    TransactionBatch,
+)
+from serving.guard import Guard, GuardConfig, Metrics
+from serving.predictor import FeatureProvider, Predictor, Scored
+from serving.predlog import LabelSink, PredictionLog
 
 logger = logging.getLogger("ray.serve")
 
-# A lone request waits this long for company before it is scored; the batch size follows
-# serve.max_ongoing_requests (a replica never holds more requests than that).
-BATCH_WAIT_TIMEOUT_S = 0.002
 APP_NAME = "fraud-detector"
+API_KEY_ENV = "FRAUD_API_KEY"
+INSECURE_ENV = "FRAUD_INSECURE_LOCAL"
+JSON = "application/json"
+# Ray Serve's own latency switches, applied by start_serving before Ray starts (an explicit value wins): user
+# code on the replica's event loop instead of a second thread, the router on the caller's loop, buffered
+# request logs. Measured on 2 cores, they cut the single-request latency roughly in half (benchmarks/).
+SERVE_TUNING = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+}
 
-app = FastAPI(title="fraud-detector", description="Scores card transactions with the champion model.")
+app = FastAPI(title="fraud-detector", description="Scores card transactions with the champion model. "
+              "Send the API key in the `x-api-key` header; /health, /ready and /metrics are open.")
+app.add_middleware(Guard)
+
+
+class ServiceUnavailable(Exception):
+    """No model version is serving yet (or none could be loaded)."""
 
 
 @app.exception_handler(RequestValidationError)
@@ -51,6 +96,47 @@ async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONRespo
     """422 naming each bad field; the offending input is not echoed (NaN or inf would not encode as JSON)."""
     detail = [{"loc": list(e["loc"]), "type": e["type"], "msg": e["msg"]} for e in exc.errors()]
     return JSONResponse(status_code=422, content={"detail": detail})
+
+
+@app.exception_handler(ServiceUnavailable)
+async def _unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
+    """503 while no model version serves."""
+    return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """500 without a stack trace in the body (the log has it, with the request id)."""
+    logger.error("unhandled error in %s (request %s)", request.url.path,
+                 getattr(request.state, "request_id", "?"), exc_info=exc)
+    return JSONResponse(status_code=500, content={"detail": "internal error"})
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:  # "#/$defs/X" would point into the OpenAPI document, not this schema
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            return inline(defs[ref.rsplit("/", 1)[-1]]) if ref.startswith("#/$defs/") else {
+                k: inline(v) for k, v in node.items()}
+        return [inline(v) for v in node] if isinstance(node, list) else node
+
+    return {"requestBody": {"required": True, "content": {JSON: {"schema": inline(schema)}}}}
+
+
+def _parse(adapter: Any, body: bytes) -> Any:
+    try:
+        return adapter.validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{"loc": ["body", *e["loc"]], "type": e["type"], "msg": e["msg"]} for e in exc.errors(include_url=False)]
+        ) from None
+
+
+def _json(content: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, media_type=JSON)
 
 
 class AppArgs(BaseModel):
@@ -62,56 +148,108 @@ class AppArgs(BaseModel):
     model_name: str | None = None
     alias: str | None = None
     params_path: str | None = None
-    reload_interval_s: float = Field(default=5.0, gt=0)
+    reload_interval_s: float | None = Field(default=None, gt=0)
+    prediction_log: str | None = None
+    insecure_local: bool = False
 
 
 @serve.deployment
 @serve.ingress(app)
 class FraudScorer:
-    """A replica holding one :class:`Predictor` and following the registry alias."""
+    """A replica holding one :class:`Predictor`, following the registry alias and logging every score."""
 
     def __init__(self, tracking_uri: str, model_name: str, alias: str, num_threads: int,
-                 features: dict[str, Any], reload_interval_s: float, max_batch_size: int) -> None:
+                 features: dict[str, Any], reload_interval_s: float, max_batch_size: int,
+                 batch_wait_timeout_s: float, max_batch_rows: int, max_body_bytes: int,
+                 prediction_log: str, insecure_local: bool = False) -> None:
         disable_telemetry()
+        key = os.environ.get(API_KEY_ENV, "")
+        self._insecure = not key
+        if not key and not (insecure_local or os.environ.get(INSECURE_ENV) == "1"):
+            raise RuntimeError(f"{API_KEY_ENV} is not set in the replica's environment: refusing to serve without "
+                               f"an API key (set {INSECURE_ENV}=1 for an explicitly insecure local run)")
+        if self._insecure:
+            logger.warning("INSECURE LOCAL MODE: no API key, every endpoint is open to anyone who can reach it")
+        self._metrics = Metrics()
+        Guard.configure(GuardConfig(key.encode() if key else None, max_body_bytes, self._metrics))
         self._score_batch.set_max_batch_size(max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._max_batch_rows = max_batch_rows
         self._client = registry.client_for(tracking_uri)
         self._model_name, self._alias = model_name, alias
         self._num_threads = num_threads
         self._features = FeatureParams.model_validate(features)
         self._reload_interval_s = reload_interval_s
+        self._log = PredictionLog(prediction_log, on_drop=self._metrics.log_dropped.inc)
+        self._label_sinks: list[LabelSink] = [self._log]
         self._predictor: Predictor | None = None
         self._error: str | None = None
         self._follower = asyncio.get_running_loop().create_task(self._follow_alias())
 
     @app.get("/health", response_model=Health)
-    async def health(self) -> Health:
+    async def health(self) -> Response:
         """Liveness: the replica answers."""
-        return Health(status="ok")
+        return _json({"status": "ok"})
 
     @app.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
-    async def ready(self) -> Readiness | JSONResponse:
-        """Readiness: 200 with the serving version once a model is loaded, else 503 with the reason."""
+    async def ready(self) -> Response:
+        """Readiness: 200 with the serving version once a model is loaded and warmed up, else 503 with why."""
         predictor = self._predictor
-        if predictor is None:
-            body = self._readiness("error" if self._error else "loading", None)
-            return JSONResponse(status_code=503, content=body.model_dump())
-        return self._readiness("ready", predictor.version)
+        status = "ready" if predictor else ("error" if self._error else "loading")
+        body = Readiness(status=status, model_version=predictor.version if predictor else None,
+                         model_name=self._model_name, alias=self._alias, error=self._error,
+                         insecure_local=self._insecure)
+        return _json(body.model_dump(), status_code=200 if predictor else 503)
 
-    @app.post("/predict", response_model=Score)
-    async def predict(self, transaction: Transaction) -> dict[str, Any]:
+    @app.get("/metrics", response_class=Response)
+    async def metrics(self) -> Response:
+        """Prometheus metrics of this replica."""
+        return Response(generate_latest(self._metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/predict", response_model=Score, openapi_extra=_body_schema(Transaction))
+    async def predict(self, request: Request) -> Response:
         """Score one transaction (micro-batched with concurrent requests)."""
+        transaction = _parse(TRANSACTION, await request.body())
         self._require_predictor()
-        return await self._score_batch(transaction.model_dump())
+        return _json(await self._score_batch((transaction, request.state.request_id)))
 
-    @app.post("/predict/batch", response_model=ScoreBatch)
-    async def predict_batch(self, batch: TransactionBatch) -> dict[str, Any]:
-        """Score several transactions with one model version."""
+    @app.post("/predict/batch", response_model=ScoreBatch, openapi_extra=_body_schema(TransactionBatch),
+              responses={413: {"description": "more rows than serve.max_batch_rows, or a body over the limit"}})
+    async def predict_batch(self, request: Request) -> Response:
+        """Score up to ``serve.max_batch_rows`` transactions with one model version, one answer per row in order."""
+        transactions = _parse(TRANSACTION_BATCH, await request.body())["transactions"]
+        if len(transactions) > self._max_batch_rows:
+            return _json({"detail": f"transactions: at most {self._max_batch_rows} rows per request"}, 413)
         predictor = self._require_predictor()
-        return {"scores": predictor.score([tx.model_dump() for tx in batch.transactions])}
+        scored = await asyncio.to_thread(predictor.score_with_features, transactions)
+        self._after_scoring(transactions, scored, [request.state.request_id] * len(transactions))
+        return _json({"scores": scored.decisions})
 
-    @serve.batch(batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
-    async def _score_batch(self, transactions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return self._require_predictor().score(transactions)
+    @app.post("/labels", response_model=LabelsStored, openapi_extra=_body_schema(LabelBatch))
+    async def labels(self, request: Request) -> Response:
+        """Store late fraud labels durably (answered once they are on disk)."""
+        batch = _parse(LABEL_BATCH, await request.body())
+        labels = [label.model_dump() for label in batch.labels]
+        for sink in self._label_sinks:
+            stored = await asyncio.to_thread(sink.record_labels, labels, request.state.request_id)
+        self._metrics.labels.inc(stored)
+        return _json({"stored": stored})
+
+    @serve.batch
+    async def _score_batch(self, items: list[tuple[dict[str, Any], str]]) -> list[dict[str, Any]]:
+        transactions = [tx for tx, _ in items]
+        scored = self._require_predictor().score_with_features(transactions)
+        self._after_scoring(transactions, scored, [rid for _, rid in items])
+        return scored.decisions
+
+    def _after_scoring(self, transactions: list[dict[str, Any]], scored: Scored, request_ids: list[str]) -> None:
+        m, n = self._metrics, len(transactions)
+        if n:
+            version = scored.decisions[0]["model_version"]
+            m.batch_size.observe(n)
+            m.predictions.labels(version).inc(n)
+            m.alerts.labels(version).inc(sum(d["alert"] for d in scored.decisions))
+        self._log.record(request_ids, transactions, scored.decisions, scored.features, scored.feature_names)
 
     def check_health(self) -> None:
         """Serve's replica health check: the alias follower must still be running."""
@@ -119,23 +257,31 @@ class FraudScorer:
             cause = "cancelled" if self._follower.cancelled() else repr(self._follower.exception())
             raise RuntimeError(f"alias follower of {self._model_name}@{self._alias} stopped: {cause}")
 
+    def __del__(self) -> None:
+        """Serve's graceful shutdown: flush the prediction log."""
+        log = getattr(self, "_log", None)
+        if log is not None:
+            log.close()
+
+    def _feature_provider(self) -> FeatureProvider | None:
+        """Where online features come from (None: the stateless default; an online store plugs in here)."""
+        return None
+
     def _require_predictor(self) -> Predictor:
         predictor = self._predictor
         if predictor is None:
-            raise HTTPException(status_code=503, detail=self._error or "model is loading")
+            raise ServiceUnavailable(self._error or "model is loading")
         return predictor
-
-    def _readiness(self, status: str, version: str | None) -> Readiness:
-        return Readiness(status=status, model_version=version, model_name=self._model_name, alias=self._alias,
-                         error=self._error)
 
     async def _follow_alias(self) -> None:
         while True:
             try:
                 await self._sync_with_alias()
             except Exception as exc:  # the serving version (if any) keeps serving; /ready reports the error
-                self._error = f"{type(exc).__name__}: {exc}"
-                logger.exception("could not load %s@%s", self._model_name, self._alias)
+                self._error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]  # no native stack trace
+                self._metrics.model_load_failures.inc()
+                logger.exception("refused %s@%s; still serving %s", self._model_name, self._alias,
+                                 self._predictor.version if self._predictor else "nothing")
             await asyncio.sleep(self._reload_interval_s)
 
     async def _sync_with_alias(self) -> None:
@@ -146,14 +292,21 @@ class FraudScorer:
         if current is not None and current.version == str(mv.version):
             self._error = None  # the alias came back to the serving version after a failed move
             return
-        candidate = await asyncio.to_thread(self._load_and_warm_up, str(mv.version))
+        try:
+            candidate = await asyncio.to_thread(self._load_and_warm_up, str(mv.version))
+        except Exception as exc:  # retried every interval: a transient failure heals on its own
+            raise RuntimeError(f"v{mv.version} refused: {type(exc).__name__}: {exc}") from exc
         self._predictor, self._error = candidate, None
+        self._metrics.model_info.clear()
+        self._metrics.model_info.labels(self._model_name, self._alias, candidate.version).set(1)
+        if candidate.version.isdigit():
+            self._metrics.model_version.set(int(candidate.version))
         logger.info("now serving %s v%s (was %s)", self._model_name, candidate.version,
                     current.version if current else "nothing")
 
     def _load_and_warm_up(self, version: str) -> Predictor:
         loaded = registry.load_version(self._client, self._model_name, version, n_threads=self._num_threads)
-        candidate = Predictor(loaded, self._features)
+        candidate = Predictor(loaded, self._features, self._feature_provider())
         candidate.warm_up()
         return candidate
 
@@ -165,11 +318,13 @@ def build_app(args: AppArgs) -> Application:
     s = params.serve
     deployment = FraudScorer.options(
         max_ongoing_requests=s.max_ongoing_requests,
+        max_queued_requests=s.max_queued_requests,
         autoscaling_config={
             "min_replicas": s.min_replicas,
             "max_replicas": s.max_replicas,
             "target_ongoing_requests": s.target_ongoing_requests,
         },
+        logging_config={"encoding": "JSON"},
     )
     return deployment.bind(
         tracking_uri=args.tracking_uri or mlflow_tracking_uri(),
@@ -177,23 +332,36 @@ def build_app(args: AppArgs) -> Application:
         alias=args.alias or s.alias,
         num_threads=s.num_threads,
         features=params.features.model_dump(mode="json"),
-        reload_interval_s=args.reload_interval_s,
-        max_batch_size=s.max_ongoing_requests,
+        reload_interval_s=args.reload_interval_s or s.reload_interval_s,
+        max_batch_size=s.max_batch_size,
+        batch_wait_timeout_s=s.batch_wait_timeout_s,
+        max_batch_rows=s.max_batch_rows,
+        max_body_bytes=s.max_body_bytes,
+        prediction_log=args.prediction_log or str(prediction_log_path()),
+        insecure_local=args.insecure_local,
     )
 
 
 def start_serving(tracking_uri: str | None = None, host: str | None = None, port: int | None = None,
-                  timeout_s: float = 180.0) -> str:
+                  timeout_s: float = 180.0, args: AppArgs | None = None) -> str:
     """Start local Ray and Serve, deploy the scorer, wait until ``/ready`` answers 200; return the base URL."""
     import ray
 
     disable_telemetry()
-    s = load_params().serve
+    args = args or AppArgs()
+    if tracking_uri is not None:
+        args = args.model_copy(update={"tracking_uri": tracking_uri})
+    if not os.environ.get(API_KEY_ENV) and not (args.insecure_local or os.environ.get(INSECURE_ENV) == "1"):
+        raise RuntimeError(f"set {API_KEY_ENV} (or {INSECURE_ENV}=1 for an explicitly insecure local run)")
+    s = load_params(args.params_path).serve
     host, port = host or s.host, port or s.port
+    for name, value in SERVE_TUNING.items():
+        os.environ.setdefault(name, value)
+    # Ray's workers inherit this process's environment (FRAUD_API_KEY included) on a local cluster.
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": host, "port": port})
-        serve.run(build_app(AppArgs(tracking_uri=tracking_uri)), name=APP_NAME, route_prefix="/", blocking=False)
+        serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
         base_url = f"http://{host}:{port}"
         wait_until_ready(base_url, timeout_s)
     except BaseException:

@@ -23,3 +23,19 @@ def test_importing_the_app_starts_nothing() -> None:
     import serving.app  # noqa: F401
 
     assert not ray.is_initialized()
+
+
+def test_openapi_lists_every_endpoint_and_every_ref_resolves() -> None:
+    import json
+    import re
+
+    from serving.app import app
+
+    doc = app.openapi()
+    assert set(doc["paths"]) == {"/predict", "/predict/batch", "/labels", "/health", "/ready", "/metrics"}
+    refs = set(re.findall(r'"\$ref": "([^"]+)"', json.dumps(doc)))
+    assert refs and all(r.startswith("#/components/schemas/") for r in refs)
+    assert {r.rsplit("/", 1)[-1] for r in refs} <= set(doc["components"]["schemas"])
+    batch = doc["paths"]["/predict/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert batch["properties"]["transactions"]["items"]["required"] == [
+        "transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount"]

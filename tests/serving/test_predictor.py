@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from fraud_assets.core.features import FEATURE_COLUMNS, online_features
+from fraud_assets.core.features import FEATURE_COLUMNS, feature_matrix, online_features
 from fraud_assets.core.train import predict
 from fraud_assets.params import load_params
 from fraud_assets.registry import LoadedModel
@@ -72,3 +72,56 @@ def test_model_with_foreign_features_fails_loudly() -> None:
     other = xgb.train({}, xgb.DMatrix(x, label=np.arange(10) % 2, feature_names=["a", "b"]), 1)
     with pytest.raises(KeyError):
         Predictor(LoadedModel("4", other, 0.5, {}), load_params().features).score([_tx(0, 1.0)])
+
+
+def test_reasons_are_the_top_three_contributions(predictor: Predictor) -> None:
+    (decision,) = predictor.score([_tx(0, 299.0)])
+    reasons = decision["reasons"]
+    assert len(reasons) == 3 and {r["feature"] for r in reasons} <= set(FEATURE_COLUMNS)
+    x = predictor.matrix([_tx(0, 299.0)])
+    contribs = predictor.booster.predict(xgb.DMatrix(x, feature_names=FEATURE_COLUMNS), pred_contribs=True,
+                                         approx_contribs=True)[0, :-1]
+    expected = sorted(zip(FEATURE_COLUMNS, contribs, strict=True), key=lambda fc: -abs(fc[1]))[:3]
+    assert [r["feature"] for r in reasons] == [f for f, _ in expected]
+    np.testing.assert_allclose([r["contribution"] for r in reasons], [c for _, c in expected], rtol=1e-5)
+
+
+def test_an_injected_feature_provider_is_used() -> None:
+    calls: list[int] = []
+
+    def provider(transactions: list) -> object:
+        calls.append(len(transactions))
+        return online_features([{**tx, "amount": 299.0} for tx in transactions], load_params().features)
+
+    p = Predictor(LoadedModel("8", _booster(), 0.5, {}), load_params().features, feature_provider=provider)
+    default = Predictor(LoadedModel("8", _booster(), 0.5, {}), load_params().features)
+    assert p.probabilities([_tx(0, 1.0)]) == default.probabilities([_tx(0, 299.0)]) and calls == [1]
+
+
+def test_score_with_features_returns_the_scored_matrix(predictor: Predictor) -> None:
+    scored = predictor.score_with_features([_tx(0, 5.0), _tx(1, 6.0)])
+    assert scored.features.shape == (2, len(FEATURE_COLUMNS)) and scored.feature_names == FEATURE_COLUMNS
+    assert scored.features[:, FEATURE_COLUMNS.index("amount")].tolist() == [5.0, 6.0]
+
+
+def test_numpy_path_equals_the_feature_definitions_on_random_rows(predictor: Predictor) -> None:
+    rng = np.random.default_rng(3)
+    offsets = ["Z", "+00:00", "+05:30", "-08:00", "+14:00"]
+    txs = [{**_tx(i, float(rng.uniform(0, 5000))),
+            "tx_datetime": f"2025-{rng.integers(1, 13):02d}-{rng.integers(1, 29):02d}T{rng.integers(0, 24):02d}:"
+                           f"{rng.integers(0, 60):02d}:{rng.integers(0, 60):02d}{offsets[i % len(offsets)]}"}
+           for i in range(500)]
+    assert predictor.fast_path
+    expected = feature_matrix(online_features(txs, load_params().features), FEATURE_COLUMNS)
+    np.testing.assert_array_equal(predictor.matrix(txs), expected)
+
+
+def test_numpy_path_is_off_with_an_injected_provider_or_a_disagreeing_definition() -> None:
+    features = load_params().features
+    injected = Predictor(LoadedModel("9", _booster(), 0.5, {}), features,
+                         feature_provider=lambda txs: online_features(txs, features))
+    assert not injected.fast_path
+    drifted = Predictor(LoadedModel("9", _booster(), 0.5, {}), features)
+    drifted._provide = lambda txs: online_features(txs, features.model_copy(update={"night_hours": (1, 5)}))
+    drifted.warm_up()
+    assert not drifted.fast_path

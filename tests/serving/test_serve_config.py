@@ -35,6 +35,7 @@ def test_config_deployment_sizes_mirror_params(config: ServeDeploySchema) -> Non
     (deployment,) = config.applications[0].deployments
     assert deployment.name == "FraudScorer"
     assert deployment.max_ongoing_requests == s.max_ongoing_requests
+    assert deployment.max_queued_requests == s.max_queued_requests
     assert deployment.autoscaling_config == {"min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
                                              "target_ongoing_requests": s.target_ongoing_requests}
 
@@ -49,7 +50,13 @@ def test_builder_sizes_the_deployment_from_params() -> None:
     assert deployment._deployment_config.autoscaling_config.min_replicas == s.min_replicas
     assert app._bound_deployment.init_kwargs["tracking_uri"] == "sqlite:///unused.db"
     assert app._bound_deployment.init_kwargs["num_threads"] == s.num_threads
-    assert app._bound_deployment.init_kwargs["max_batch_size"] == s.max_ongoing_requests
+    assert deployment._deployment_config.max_queued_requests == s.max_queued_requests
+    kwargs = app._bound_deployment.init_kwargs
+    assert kwargs["max_batch_size"] == s.max_batch_size
+    assert kwargs["batch_wait_timeout_s"] == s.batch_wait_timeout_s
+    assert kwargs["reload_interval_s"] == s.reload_interval_s
+    assert (kwargs["max_batch_rows"], kwargs["max_body_bytes"]) == (s.max_batch_rows, s.max_body_bytes)
+    assert kwargs["prediction_log"].endswith("predictions.sqlite")
 
 
 def test_builder_refuses_unknown_args() -> None:

@@ -1,33 +1,44 @@
 """The Ray Serve application over real HTTP, against a model registered in a temporary MLflow store.
 
-Ray starts once for this module (15-25 s and about 1 GB on two cores); every test shares it.
+Ray starts once for this module (15-25 s and about 1 GB on two cores); every test shares it. The module
+serves with one replica and a short reload interval so the alias swap is quick and observable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import sqlite3
 import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import xgboost as xgb
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from fraud_assets import registry
-from fraud_assets.core.features import build_features, online_features
+from fraud_assets.core.features import FEATURE_COLUMNS, build_features
 from fraud_assets.core.simulate import simulate_months
 from fraud_assets.core.split import split_by_time
-from fraud_assets.core.train import predict, train_model
-from fraud_assets.params import load_params
-from serving.app import start_serving, stop_serving
+from fraud_assets.core.train import train_model
+from fraud_assets.params import FeatureParams, load_params
+from fraud_assets.registry import LoadedModel
+from serving.app import AppArgs, start_serving, stop_serving
+from serving.predictor import Predictor
 
 pytestmark = pytest.mark.slow
 
+ROOT = Path(__file__).resolve().parents[2]
 MODEL, ALIAS, THRESHOLD = "fraud-detector", "champion", 0.5
+KEY = "test-key-" + "x" * 24
+MAX_ROWS, MAX_BODY = 50, 64_000
 TX = {"transaction_id": "tx-1", "tx_datetime": "2025-03-14T02:15:00+01:00", "customer_id": "c-17",
       "terminal_id": "k-3", "amount": 231.4}
 
@@ -40,6 +51,8 @@ class Served:
     version: str
     booster: xgb.Booster
     start_seconds: float
+    log_path: Path
+    features: FeatureParams
 
 
 def _free_port() -> int:
@@ -65,6 +78,15 @@ def _trained_booster() -> xgb.Booster:
     return train_model(split.train, split.valid, params.train)
 
 
+def _params_file(tmp: Path) -> Path:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["serve"].update(min_replicas=1, max_replicas=1, reload_interval_s=0.5, max_batch_rows=MAX_ROWS,
+                        max_body_bytes=MAX_BODY)
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("serving")
@@ -72,18 +94,32 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     booster = _trained_booster()
     version = _register(uri, artifact_root, booster, {"threshold": str(THRESHOLD)})
     registry.client_for(uri).set_registered_model_alias(MODEL, ALIAS, version)
+    log_path = tmp / "predictions.sqlite"
+    args = AppArgs(params_path=str(_params_file(tmp)), prediction_log=str(log_path))
+    previous = os.environ.get("FRAUD_API_KEY")
+    os.environ["FRAUD_API_KEY"] = KEY  # Ray's local workers inherit it
     started = time.perf_counter()
-    base_url = start_serving(tracking_uri=uri, port=_free_port())
     try:
-        yield Served(base_url, uri, artifact_root, version, booster, time.perf_counter() - started)
+        base_url = start_serving(tracking_uri=uri, port=_free_port(), args=args)
+        yield Served(base_url, uri, artifact_root, version, booster, time.perf_counter() - started, log_path,
+                     load_params().features)
     finally:
         stop_serving()
+        if previous is None:
+            os.environ.pop("FRAUD_API_KEY", None)
+        else:
+            os.environ["FRAUD_API_KEY"] = previous
 
 
 @pytest.fixture
 def http(served: Served) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=served.base_url, timeout=30.0) as client:
+    with httpx.Client(base_url=served.base_url, timeout=30.0, headers={"x-api-key": KEY}) as client:
         yield client
+
+
+def _offline(served: Served, txs: list[dict]) -> list[float]:
+    predictor = Predictor(LoadedModel(served.version, served.booster, THRESHOLD, {}), served.features)
+    return predictor.probabilities(txs)
 
 
 def test_binds_loopback_and_starts_in_bounded_time(served: Served) -> None:
@@ -92,71 +128,114 @@ def test_binds_loopback_and_starts_in_bounded_time(served: Served) -> None:
     assert served.start_seconds < 180
 
 
-def test_health_is_ok(http: httpx.Client) -> None:
-    response = http.get("/health")
-    assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+def test_health_ready_metrics_need_no_key(served: Served) -> None:
+    with httpx.Client(base_url=served.base_url, timeout=10.0) as anonymous:
+        assert anonymous.get("/health").json() == {"status": "ok"}
+        body = anonymous.get("/ready").json()
+        assert body["status"] == "ready" and body["model_version"] == served.version
+        assert body["model_name"] == MODEL and body["alias"] == ALIAS and body["insecure_local"] is False
+        assert anonymous.get("/metrics").status_code == 200
 
 
-def test_ready_names_the_registered_version(http: httpx.Client, served: Served) -> None:
-    response = http.get("/ready")
-    assert response.status_code == 200
-    body = response.json()
-    assert body["status"] == "ready" and body["model_version"] == served.version
-    assert body["model_name"] == MODEL and body["alias"] == ALIAS
+@pytest.mark.parametrize("headers", [{}, {"x-api-key": "wrong"}, {"x-api-key": KEY[:-1]}, {"x-api-key": ""}])
+def test_scoring_without_the_key_is_401(served: Served, headers: dict) -> None:
+    with httpx.Client(base_url=served.base_url, timeout=10.0) as client:
+        for path in ("/predict", "/predict/batch", "/labels"):
+            response = client.post(path, json=TX, headers=headers)
+            assert response.status_code == 401, (path, response.text)
+            assert response.json() == {"detail": "missing or invalid API key"}
+            assert response.headers["x-request-id"]
 
 
-def test_predict_returns_a_decision_from_the_champion(http: httpx.Client, served: Served) -> None:
-    response = http.post("/predict", json=TX)
+def test_the_key_is_checked_before_the_body(served: Served) -> None:
+    with httpx.Client(base_url=served.base_url, timeout=10.0, headers={"x-api-key": "wrong"}) as client:
+        malformed = client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
+        huge = client.post("/predict", content=b"x" * (MAX_BODY * 2), headers={"content-type": "application/json"})
+    assert (malformed.status_code, huge.status_code) == (401, 401)
+
+
+def test_predict_returns_a_decision_with_reasons(http: httpx.Client, served: Served) -> None:
+    response = http.post("/predict", json=TX, headers={"x-request-id": "req-abc.1"})
     assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"] == "req-abc.1"
+    assert float(response.headers["x-process-time-ms"]) >= 0
     body = response.json()
-    assert set(body) == {"transaction_id", "fraud_probability", "alert", "threshold", "model_version"}
+    assert set(body) == {"transaction_id", "fraud_probability", "alert", "threshold", "model_version", "reasons"}
     assert body["transaction_id"] == "tx-1" and body["model_version"] == served.version
     assert 0.0 <= body["fraud_probability"] <= 1.0
-    assert body["threshold"] == THRESHOLD
-    assert body["alert"] == (body["fraud_probability"] >= THRESHOLD)
+    assert body["threshold"] == THRESHOLD and body["alert"] == (body["fraud_probability"] >= THRESHOLD)
+    assert len(body["reasons"]) == 3 and {r["feature"] for r in body["reasons"]} <= set(FEATURE_COLUMNS)
+    magnitudes = [abs(r["contribution"]) for r in body["reasons"]]
+    assert magnitudes == sorted(magnitudes, reverse=True)
 
 
-def test_served_probability_equals_offline_predict(http: httpx.Client, served: Served) -> None:
+def test_a_request_id_is_generated_when_absent(http: httpx.Client) -> None:
+    first, second = (http.post("/predict", json=TX).headers["x-request-id"] for _ in range(2))
+    assert len(first) >= 16 and first != second and "," not in first
+
+
+def test_served_probability_equals_offline_scores(http: httpx.Client, served: Served) -> None:
     txs = [{**TX, "transaction_id": f"tx-{i}", "amount": amount, "tx_datetime": when}
            for i, (amount, when) in enumerate([(3.2, "2025-03-14T13:00:00Z"), (231.4, "2025-03-15T02:15:00Z"),
                                                 (999.0, "2025-03-16T23:59:59-05:00"), (0.0, "2025-03-17T06:00:00Z")])]
     served_p = [http.post("/predict", json=tx).json()["fraud_probability"] for tx in txs]
-    offline = predict(served.booster, online_features(txs, load_params().features))
-    np.testing.assert_allclose(served_p, offline, atol=1e-6)
+    np.testing.assert_allclose(served_p, _offline(served, txs), atol=1e-6)
     assert max(served_p) > min(served_p)  # the model is not constant on these rows
 
 
-def test_batch_endpoint_matches_single_predictions(http: httpx.Client, served: Served) -> None:
+def test_batch_endpoint_matches_offline_in_order(http: httpx.Client, served: Served) -> None:
     txs = [{**TX, "transaction_id": f"b-{i}", "amount": float(a)} for i, a in enumerate([1, 50, 250, 900])]
     response = http.post("/predict/batch", json={"transactions": txs})
     assert response.status_code == 200, response.text
     scores = response.json()["scores"]
     assert [s["transaction_id"] for s in scores] == [tx["transaction_id"] for tx in txs]
-    offline = predict(served.booster, online_features(txs, load_params().features))
-    np.testing.assert_allclose([s["fraud_probability"] for s in scores], offline, atol=1e-6)
+    np.testing.assert_allclose([s["fraud_probability"] for s in scores], _offline(served, txs), atol=1e-6)
+
+
+def test_batch_over_the_row_limit_is_413_naming_it(http: httpx.Client) -> None:
+    txs = [{**TX, "transaction_id": f"r-{i}"} for i in range(MAX_ROWS + 1)]
+    response = http.post("/predict/batch", json={"transactions": txs})
+    assert response.status_code == 413, response.text
+    assert str(MAX_ROWS) in response.json()["detail"]
+
+
+def test_body_over_the_limit_is_413_declared_or_streamed(http: httpx.Client) -> None:
+    big = b'{"transactions": [' + b" " * MAX_BODY + b"]}"
+    assert http.post("/predict/batch", content=big, headers={"content-type": "application/json"}).status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the guard counts the bytes as they arrive
+        yield b'{"transactions": ['
+        for _ in range(MAX_BODY // 1000 + 2):
+            yield b" " * 1000
+        yield b"]}"
+
+    response = http.post("/predict/batch", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and str(MAX_BODY) in response.json()["detail"]
 
 
 def test_concurrent_requests_are_batched_without_mixing_rows(served: Served) -> None:
     txs = [{**TX, "transaction_id": f"c-{i}", "amount": float(i * 13 % 700)} for i in range(64)]
 
     async def fire() -> list[dict]:
-        async with httpx.AsyncClient(base_url=served.base_url, timeout=30.0) as client:
+        async with httpx.AsyncClient(base_url=served.base_url, timeout=30.0, headers={"x-api-key": KEY}) as client:
             responses = await asyncio.gather(*(client.post("/predict", json=tx) for tx in txs))
         assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
         return [r.json() for r in responses]
 
     bodies = asyncio.run(fire())
     assert [b["transaction_id"] for b in bodies] == [tx["transaction_id"] for tx in txs]
-    offline = predict(served.booster, online_features(txs, load_params().features))
-    np.testing.assert_allclose([b["fraud_probability"] for b in bodies], offline, atol=1e-6)
+    np.testing.assert_allclose([b["fraud_probability"] for b in bodies], _offline(served, txs), atol=1e-6)
 
 
 @pytest.mark.parametrize(("body", "field"), [
     ({**TX, "amount": -1.0}, "amount"),
     ({**TX, "amount": "12"}, "amount"),
+    ({**TX, "amount": None}, "amount"),
     ({**TX, "tx_datetime": "2025-03-14T02:15:00"}, "tx_datetime"),
+    ({**TX, "tx_datetime": "next tuesday"}, "tx_datetime"),
+    ({**TX, "tx_datetime": 1_740_000_000}, "tx_datetime"),
     ({**TX, "transaction_id": ""}, "transaction_id"),
+    ({**TX, "customer_id": 17}, "customer_id"),
     ({**TX, "is_fraud": 1}, "is_fraud"),
     ({k: v for k, v in TX.items() if k != "terminal_id"}, "terminal_id"),
 ])
@@ -164,6 +243,14 @@ def test_bad_body_is_422_naming_the_field(http: httpx.Client, body: dict, field:
     response = http.post("/predict", json=body)
     assert response.status_code == 422, response.text
     assert [e["loc"] for e in response.json()["detail"]] == [["body", field]]
+    assert "next tuesday" not in response.text and "1740000000" not in response.text  # input is not echoed
+
+
+def test_bad_row_in_a_batch_names_its_index(http: httpx.Client) -> None:
+    rows = [TX, {**TX, "amount": -3.0}]
+    response = http.post("/predict/batch", json={"transactions": rows})
+    assert response.status_code == 422
+    assert [e["loc"] for e in response.json()["detail"]] == [["body", "transactions", 1, "amount"]]
 
 
 @pytest.mark.parametrize("body", [[TX], {}, None, "tx"])
@@ -177,14 +264,65 @@ def test_wrong_shape_is_422(http: httpx.Client, body: object) -> None:
     b'{"transaction_id":"t","tx_datetime":"2025-03-01T00:00:00Z","customer_id":"c","terminal_id":"k","amount":NaN}',
     b'{"transaction_id":"t","tx_datetime":"2025-03-01T00:00:00Z","customer_id":"c","terminal_id":"k","amount":1e400}',
     b'{"transaction_id":"t","tx_datetime":"2025-03-01T00:00:00Z","customer_id":"c","terminal_id":"k",'
+    b'"amount":Infinity}',
+    b'{"transaction_id":"t","tx_datetime":"2025-03-01T00:00:00Z","customer_id":"c","terminal_id":"k",'
     b'"amount":-Infinity}',
     b"not json",
+    b'{"transaction_id": "t", ',
 ])
 def test_non_finite_or_malformed_json_is_422_never_500(http: httpx.Client, raw: bytes) -> None:
     response = http.post("/predict", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
-    if raw != b"not json":
+    assert "Traceback" not in response.text
+    if b"amount" in raw and raw.endswith(b"}"):
         assert [e["loc"] for e in response.json()["detail"]] == [["body", "amount"]]
+
+
+def _rows(path: Path, sql: str, args: tuple = ()) -> list[tuple]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def test_every_scored_transaction_is_logged(http: httpx.Client, served: Served) -> None:
+    http.post("/predict", json={**TX, "transaction_id": "logged-1"}, headers={"x-request-id": "log-req-1"})
+    txs = [{**TX, "transaction_id": f"logged-b{i}"} for i in range(3)]
+    http.post("/predict/batch", json={"transactions": txs}, headers={"x-request-id": "log-req-2"})
+    deadline, rows = time.monotonic() + 10, []
+    while time.monotonic() < deadline and len(rows) < 4:
+        rows = _rows(served.log_path, "SELECT request_id, transaction_id, model_version, features, fraud_probability,"
+                     " alert, threshold FROM predictions WHERE request_id IN ('log-req-1', 'log-req-2')"
+                     " ORDER BY transaction_id")
+        time.sleep(0.2)
+    assert [r[1] for r in rows] == ["logged-1", "logged-b0", "logged-b1", "logged-b2"]
+    assert all(r[2] == served.version and 0 <= r[4] <= 1 and r[6] == THRESHOLD for r in rows)
+    assert set(__import__("json").loads(rows[0][3])) == set(FEATURE_COLUMNS)
+    assert _rows(served.log_path, "PRAGMA journal_mode")[0][0] == "wal"
+
+
+def test_labels_are_stored_with_their_arrival_time(http: httpx.Client, served: Served) -> None:
+    labels = [{"transaction_id": "logged-1", "is_fraud": 1}, {"transaction_id": "logged-b0", "is_fraud": 0}]
+    response = http.post("/labels", json={"labels": labels}, headers={"x-request-id": "labels-1"})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"stored": 2}
+    rows = _rows(served.log_path, "SELECT transaction_id, is_fraud, received_at FROM labels WHERE request_id = ?",
+                 ("labels-1",))
+    assert sorted(r[:2] for r in rows) == [("logged-1", 1), ("logged-b0", 0)] and all(r[2] for r in rows)
+    bad = http.post("/labels", json={"labels": [{"transaction_id": "x", "is_fraud": 2}]})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "labels", 0, "is_fraud"]
+
+
+def test_metrics_parse_as_prometheus_text(http: httpx.Client, served: Served) -> None:
+    http.post("/predict", json=TX)
+    families = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
+    for name in ("fraud_http_requests", "fraud_http_errors", "fraud_http_request_duration_seconds",
+                 "fraud_predictions", "fraud_alerts", "fraud_scoring_batch_rows", "fraud_model_version",
+                 "fraud_model_info"):
+        assert name in families, name
+    predicted = sum(s.value for s in families["fraud_predictions"].samples if s.name == "fraud_predictions_total")
+    assert predicted >= 1
+    (info,) = [s for s in families["fraud_model_info"].samples if s.value == 1]
+    assert info.labels["version"] == served.version
+    assert any(s.labels.get("status") == "401" for s in families["fraud_http_requests"].samples)
 
 
 def test_single_request_latency(http: httpx.Client) -> None:
@@ -206,25 +344,86 @@ def _wait_for(http: httpx.Client, check: object, timeout_s: float = 60.0) -> dic
         body = http.get("/ready").json()
         if check(body):  # type: ignore[operator]
             return body
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise AssertionError(f"/ready never reached the expected state; last: {body}")
 
 
-def test_alias_move_reloads_and_a_broken_version_keeps_the_old_one(http: httpx.Client, served: Served) -> None:
+def _register_corrupt(served: Served, tmp: Path) -> str:
+    folder = tmp / "corrupt-model"
+    folder.mkdir()
+    (folder / "model.ubj").write_bytes(b"this is not an XGBoost model")
     c = registry.client_for(served.tracking_uri)
-    broken = _register(served.tracking_uri, served.artifact_root, served.booster, {"note": "no threshold tag"})
+    run = c.create_run(registry.ensure_experiment(c, "fraud-detection", served.artifact_root))
+    mv = registry.register_version(c, MODEL, folder.as_uri(), run.info.run_id, {"threshold": "0.5"})
+    return str(mv.version)
+
+
+def _foreign_booster() -> xgb.Booster:
+    x = np.random.default_rng(1).uniform(size=(50, 2))
+    return xgb.train({"nthread": 1}, xgb.DMatrix(x, label=(x[:, 0] > 0.5), feature_names=["a", "b"]), 2)
+
+
+@pytest.mark.parametrize("kind", ["no threshold tag", "corrupt artifact", "fails its warm-up"])
+def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(http: httpx.Client, served: Served,
+                                                                  tmp_path: Path, kind: str) -> None:
+    c = registry.client_for(served.tracking_uri)
+    if kind == "no threshold tag":
+        broken = _register(served.tracking_uri, served.artifact_root, served.booster, {"note": "no threshold"})
+    elif kind == "corrupt artifact":
+        broken = _register_corrupt(served, tmp_path)
+    else:
+        broken = _register(served.tracking_uri, served.artifact_root, _foreign_booster(), {"threshold": "0.5"})
     c.set_registered_model_alias(MODEL, ALIAS, broken)
-    body = _wait_for(http, lambda b: b.get("error"))
-    assert "threshold" in body["error"] and body["model_version"] == served.version
-    assert http.post("/predict", json=TX).json()["model_version"] == served.version
-    c.set_registered_model_alias(MODEL, ALIAS, served.version)
+    try:
+        body = _wait_for(http, lambda b: b.get("error"))
+        assert f"v{broken} refused" in body["error"] and body["model_version"] == served.version
+        assert http.post("/predict", json=TX).json()["model_version"] == served.version
+        assert "Traceback" not in body["error"] and "Stack trace" not in body["error"] and "\n" not in body["error"]
+    finally:
+        c.set_registered_model_alias(MODEL, ALIAS, served.version)
     assert _wait_for(http, lambda b: b.get("error") is None)["model_version"] == served.version
 
-    better = _register(served.tracking_uri, served.artifact_root, served.booster, {"threshold": "0.25"})
-    c.set_registered_model_alias(MODEL, ALIAS, better)
-    body = _wait_for(http, lambda b: b.get("model_version") == better)
-    assert body["error"] is None
-    scored = http.post("/predict", json=TX).json()
-    assert scored["model_version"] == better and scored["threshold"] == 0.25
-    c.set_registered_model_alias(MODEL, ALIAS, served.version)
-    _wait_for(http, lambda b: b.get("model_version") == served.version)
+
+def test_the_alias_moves_under_load_without_errors_or_going_back(http: httpx.Client, served: Served) -> None:
+    c = registry.client_for(served.tracking_uri)
+    newer = _register(served.tracking_uri, served.artifact_root, served.booster, {"threshold": "0.25"})
+    clients, total = 8, 2000
+    seen: list[list[str]] = [[] for _ in range(clients)]
+    errors: list[str] = []
+    done = 0
+
+    async def client_loop(i: int, client: httpx.AsyncClient) -> None:
+        nonlocal done
+        for j in range(total // clients):
+            response = await client.post("/predict", json={**TX, "transaction_id": f"load-{i}-{j}"})
+            if response.status_code != 200:
+                errors.append(f"{response.status_code} {response.text}")
+                continue
+            body = response.json()
+            seen[i].append(body["model_version"])
+            if body["model_version"] == newer:
+                assert body["threshold"] == 0.25
+            done += 1
+            if done == total // 2:
+                await asyncio.to_thread(c.set_registered_model_alias, MODEL, ALIAS, newer)
+
+    async def run() -> None:
+        limits = httpx.Limits(max_connections=clients)
+        async with httpx.AsyncClient(base_url=served.base_url, timeout=30.0, headers={"x-api-key": KEY},
+                                     limits=limits) as client:
+            await asyncio.gather(*(client_loop(i, client) for i in range(clients)))
+
+    try:
+        asyncio.run(run())
+        assert errors == []
+        assert sum(len(s) for s in seen) == total
+        order = {served.version: 0, newer: 1}
+        for versions in seen:
+            ranks = [order[v] for v in versions]
+            assert ranks == sorted(ranks), "a client saw the version go backwards"
+        if not any(newer in s for s in seen):  # the load finished before the replica's next reload
+            _wait_for(http, lambda b: b.get("model_version") == newer)
+        assert http.post("/predict", json=TX).json()["model_version"] == newer
+    finally:
+        c.set_registered_model_alias(MODEL, ALIAS, served.version)
+        _wait_for(http, lambda b: b.get("model_version") == served.version)

@@ -1,0 +1,168 @@
+"""The HTTP guard in front of every endpoint (plain ASGI middleware, no body parsing).
+
+In this order, before any route runs: the request id (Ray Serve's HTTP proxy echoes the caller's
+``X-Request-ID`` or generates one, puts it in the request headers and on the answer; Serve's JSON logs carry
+it), the API key (``x-api-key`` compared with :func:`hmac.compare_digest`; 401 with a fixed
+message, before a byte of the body is read), the body size (413 from ``Content-Length`` and again while the
+body streams in). Every answer carries ``X-Process-Time-Ms`` (time inside the replica) and is counted in
+the replica's Prometheus metrics. ``/health``, ``/ready``, ``/metrics`` and the OpenAPI pages need no key.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+UNAUTHORIZED = orjson.dumps({"detail": "missing or invalid API key"})
+NOT_CONFIGURED = orjson.dumps({"detail": "service is starting"})
+LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 512, 2048, 10000)
+
+
+class Metrics:
+    """One replica's Prometheus metrics in their own registry (each replica exposes its own)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("fraud_http_requests", "HTTP requests answered", ["route", "status"], registry=r)
+        self.errors = Counter("fraud_http_errors", "HTTP answers with status >= 500", ["route"], registry=r)
+        self.latency = Histogram("fraud_http_request_duration_seconds", "Time in the replica per request",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.predictions = Counter("fraud_predictions", "Transactions scored", ["model_version"], registry=r)
+        self.alerts = Counter("fraud_alerts", "Transactions scored at or above the threshold", ["model_version"],
+                              registry=r)
+        self.batch_size = Histogram("fraud_scoring_batch_rows", "Rows per model call", buckets=BATCH_BUCKETS,
+                                    registry=r)
+        self.model_version = Gauge("fraud_model_version", "Registry version this replica serves", registry=r)
+        self.model_info = Gauge("fraud_model_info", "1 for the version this replica serves",
+                                ["model_name", "alias", "version"], registry=r)
+        self.model_load_failures = Counter("fraud_model_load_failures", "Versions refused (load or warm-up failed)",
+                                           registry=r)
+        self.log_dropped = Counter("fraud_prediction_log_dropped_rows", "Rows the prediction log could not keep",
+                                   registry=r)
+        self.labels = Counter("fraud_labels_stored", "Late labels stored", registry=r)
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """What the guard enforces: the API key (None only in insecure local mode) and the body limit."""
+
+    api_key: bytes | None
+    max_body_bytes: int
+    metrics: Metrics
+
+
+class Guard:
+    """ASGI middleware: request id, API key, body limit, timing header and request metrics."""
+
+    config: GuardConfig | None = None  # set by the replica's constructor (one replica per process)
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    @classmethod
+    def configure(cls, config: GuardConfig) -> None:
+        """Install the replica's configuration."""
+        cls.config = config
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """Guard one HTTP request, then hand it (with its body already bounded) to the app."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-request-id", b"")[:128]
+        request_id = given.decode("latin-1") if given else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        path = scope["path"]
+        route = path if path in _ROUTES else "other"
+        status = {"code": 500}
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                elapsed = f"{(time.perf_counter() - started) * 1000:.2f}".encode()
+                message["headers"] = [*message.get("headers", []), (b"x-process-time-ms", elapsed)]
+            await send(message)
+
+        config = self.config
+        try:
+            if config is None:
+                await _reply(send_with_headers, 503, NOT_CONFIGURED)
+            elif path not in OPEN_PATHS and not _authorized(config.api_key, headers.get(b"x-api-key")):
+                await _reply(send_with_headers, 401, UNAUTHORIZED)
+            elif scope["method"] in ("POST", "PUT", "PATCH"):
+                body = await _read_bounded(headers, receive, config.max_body_bytes)
+                if body is None:
+                    await _reply(send_with_headers, 413, orjson.dumps(
+                        {"detail": f"request body is larger than {config.max_body_bytes} bytes"}))
+                else:
+                    await self.app(scope, _replay(body, receive), send_with_headers)
+            else:
+                await self.app(scope, receive, send_with_headers)
+        finally:
+            if config is not None:
+                m = config.metrics
+                m.requests.labels(route, str(status["code"])).inc()
+                if status["code"] >= 500:
+                    m.errors.labels(route).inc()
+                m.latency.labels(route).observe(time.perf_counter() - started)
+
+
+_ROUTES = frozenset({"/predict", "/predict/batch", "/labels", *OPEN_PATHS})
+
+
+def _authorized(expected: bytes | None, given: bytes | None) -> bool:
+    if expected is None:  # insecure local mode, announced at start and in /ready
+        return True
+    return given is not None and hmac.compare_digest(given, expected)
+
+
+async def _read_bounded(headers: dict, receive: Any, limit: int) -> bytes | None:
+    declared = headers.get(b"content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                return None
+        except ValueError:
+            return None
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body, only a disconnect can come
+
+    return replay
+
+
+async def _reply(send: Any, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,144 @@
+"""The HTTP guard and the prediction log without Ray: auth before the body, body limits, durable batched rows."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving.app import AppArgs, start_serving
+from serving.guard import Guard, GuardConfig, Metrics
+from serving.predlog import PredictionLog
+
+KEY = "unit-test-key"
+
+
+@pytest.fixture
+def client() -> Iterator[tuple[TestClient, list[bytes], Metrics]]:
+    seen: list[bytes] = []
+    app = FastAPI()
+    app.add_middleware(Guard)
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict:
+        seen.append(await request.body())
+        return {"ok": True, "request_id": request.state.request_id}
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    metrics = Metrics()
+    previous = Guard.config
+    Guard.configure(GuardConfig(KEY.encode(), 1000, metrics))
+    try:
+        with TestClient(app) as test_client:
+            yield test_client, seen, metrics
+    finally:
+        Guard.config = previous
+
+
+def test_wrong_or_missing_key_is_401_and_the_body_is_never_read(client: tuple) -> None:
+    http, seen, _ = client
+    for headers in ({}, {"x-api-key": "nope"}, {"x-api-key": KEY + "x"}):
+        response = http.post("/predict", content=b"x" * 5000, headers=headers)
+        assert response.status_code == 401 and response.json() == {"detail": "missing or invalid API key"}
+    assert seen == []
+
+
+def test_open_paths_need_no_key_and_every_answer_is_timed(client: tuple) -> None:
+    http, _, _ = client
+    response = http.get("/health")
+    assert response.status_code == 200 and float(response.headers["x-process-time-ms"]) >= 0
+
+
+def test_body_over_the_limit_is_413_declared_or_streamed(client: tuple) -> None:
+    http, seen, _ = client
+    assert http.post("/predict", content=b"x" * 1001, headers={"x-api-key": KEY}).status_code == 413
+    streamed = http.post("/predict", content=iter([b"x" * 600, b"x" * 600]), headers={"x-api-key": KEY})
+    assert streamed.status_code == 413 and "1000 bytes" in streamed.json()["detail"]
+    ok = http.post("/predict", content=b"y" * 1000, headers={"x-api-key": KEY, "x-request-id": "r-1"})
+    assert ok.status_code == 200 and ok.json()["request_id"] == "r-1" and seen == [b"y" * 1000]
+
+
+def test_requests_are_counted_by_route_and_status(client: tuple) -> None:
+    http, _, metrics = client
+    http.post("/predict", content=b"{}")
+    http.post("/predict", content=b"{}", headers={"x-api-key": KEY})
+    from prometheus_client import generate_latest
+
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())}
+    counts = {(s.labels["route"], s.labels["status"]): s.value for s in families["fraud_http_requests"].samples
+              if s.name == "fraud_http_requests_total"}
+    assert counts == {("/predict", "401"): 1.0, ("/predict", "200"): 1.0}
+
+
+def test_unconfigured_guard_answers_503() -> None:
+    app = FastAPI()
+    app.add_middleware(Guard)
+    previous, Guard.config = Guard.config, None
+    try:
+        assert TestClient(app).get("/health").status_code == 503
+    finally:
+        Guard.config = previous
+
+
+def test_prediction_log_writes_batches_and_labels(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "p.sqlite", flush_interval_s=0.05)
+    txs = [{"transaction_id": f"t{i}", "tx_datetime": "2025-01-01T00:00:00+00:00", "customer_id": "c",
+            "terminal_id": "k", "amount": 1.0} for i in range(3)]
+    decisions = [{"transaction_id": f"t{i}", "model_version": "4", "fraud_probability": 0.1 * i, "alert": i == 2,
+                  "threshold": 0.15} for i in range(3)]
+    assert log.record(["r1"] * 3, txs, decisions, np.ones((3, 2), dtype=np.float32), ["a", "b"])
+    assert log.record_labels([{"transaction_id": "t2", "is_fraud": 1}], "r2") == 1
+    log.close()
+    with sqlite3.connect(tmp_path / "p.sqlite") as conn:
+        rows = conn.execute("SELECT transaction_id, model_version, features, alert FROM predictions").fetchall()
+        labels = conn.execute("SELECT transaction_id, is_fraud, request_id FROM labels").fetchall()
+    assert rows == [("t0", "4", '{"a":1.0,"b":1.0}', 0), ("t1", "4", '{"a":1.0,"b":1.0}', 0),
+                    ("t2", "4", '{"a":1.0,"b":1.0}', 1)]
+    assert labels == [("t2", 1, "r2")] and log.dropped == 0
+
+
+def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
+    dropped: list[int] = []
+    log = PredictionLog(tmp_path / "p.sqlite", max_queued_batches=1, on_drop=dropped.append)
+    log._queue.put(None)  # stop the writer first, so the queue stays full
+    log._writer.join(5)
+    tx = {"transaction_id": "t", "tx_datetime": "2025-01-01T00:00:00Z", "customer_id": "c", "terminal_id": "k"}
+    d = {"transaction_id": "t", "model_version": "1", "fraud_probability": 0.1, "alert": False, "threshold": 0.5}
+    assert log.record(["r"], [tx], [d], np.zeros((1, 1)), ["a"])
+    assert not log.record(["r"], [tx], [d], np.zeros((1, 1)), ["a"])
+    assert dropped == [1] and log.dropped == 1
+
+
+def test_serving_refuses_to_start_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FRAUD_API_KEY", raising=False)
+    monkeypatch.delenv("FRAUD_INSECURE_LOCAL", raising=False)
+    with pytest.raises(RuntimeError, match="FRAUD_API_KEY"):
+        start_serving(args=AppArgs())
+    import ray
+
+    assert not ray.is_initialized()
+
+
+def test_insecure_local_mode_lets_requests_through_without_a_key() -> None:
+    app = FastAPI()
+    app.add_middleware(Guard)
+
+    @app.post("/predict")
+    async def predict() -> dict:
+        return {"ok": True}
+
+    previous = Guard.config
+    Guard.configure(GuardConfig(None, 1000, Metrics()))
+    try:
+        assert TestClient(app).post("/predict", content=b"{}").status_code == 200
+    finally:
+        Guard.config = previous
