@@ -65,7 +65,11 @@ def dvc_remote_dir() -> Path:
     return state_dir() / "dvc-remote"
 
 
+# Console noise that helps no one in a pipeline log (download progress bars of tiny model files).
+QUIET = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
 def disable_telemetry() -> None:
-    """Turn off phone-home for every engine, without overriding an explicit user choice."""
-    for key, value in TELEMETRY_OFF.items():
+    """Turn off phone-home (and progress-bar noise) for every engine, without overriding an explicit choice."""
+    for key, value in {**TELEMETRY_OFF, **QUIET}.items():
         os.environ.setdefault(key, value)
