@@ -77,7 +77,9 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def test_train_register_promote_and_load_on_postgres(postgres: str, tmp_path: Path) -> None:
+def test_train_register_promote_load_and_serve_on_postgres(postgres: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRAUD_STATE_DIR", str(tmp_path / "state"))  # the prediction log of the served call
     from fraud_assets.resources import FrameIOManager, MlflowResource, PredictionLogResource
 
     root = write_small_project(tmp_path / "project", months=4)
@@ -106,6 +108,21 @@ def test_train_register_promote_and_load_on_postgres(postgres: str, tmp_path: Pa
     served = load_alias(client, name, "champion")  # what a serving replica does at start
     assert served.version == decision["challenger_version"]
     assert served.threshold == pytest.approx(res.output_for_node("challenger_model")["threshold"], abs=1e-6)
+    # Serve once: Ray Serve resolves the champion from PostgreSQL and scores over HTTP.
+    import httpx
+
+    from serving.app import start_serving, stop_serving
+
+    monkeypatch.setenv("FRAUD_API_KEY", "postgres-test-key")
+    url = start_serving(tracking_uri=postgres, port=_free_port())
+    try:
+        tx = {"transaction_id": "pg-1", "tx_datetime": "2025-04-10T12:00:00+00:00", "customer_id": "C000001",
+              "terminal_id": "T00001", "amount": 42.0}
+        answer = httpx.post(f"{url}/predict", json=tx, headers={"x-api-key": os.environ["FRAUD_API_KEY"]},
+                            timeout=30).raise_for_status().json()
+    finally:
+        stop_serving()
+    assert answer["model_version"] == decision["challenger_version"] and 0.0 <= answer["fraud_probability"] <= 1.0
     # The store really is PostgreSQL: MLflow's tables live in it.
     out = subprocess.run(["psql", postgres, "-tAc", "select count(*) from registered_models"],
                          check=True, capture_output=True, text=True)
