@@ -23,7 +23,13 @@ from fraud_assets.automation import (
 )
 from fraud_assets.params import Params, load_params
 from fraud_assets.partitions import monthly_partitions
-from fraud_assets.resources import FrameIOManager, MlflowResource, PredictionLogResource, ProjectResource
+from fraud_assets.resources import (
+    FrameIOManager,
+    MlflowResource,
+    OnlineStoreResource,
+    PredictionLogResource,
+    ProjectResource,
+)
 
 
 def build_assets(params: Params) -> list[dg.AssetsDefinition]:
@@ -41,6 +47,7 @@ def default_resources(root: Path) -> dict[str, Any]:
                                  artifact_root=settings.mlflow_artifact_root()),
         "io_manager": FrameIOManager(base_dir=str(settings.state_dir() / "assets")),
         "prediction_log": PredictionLogResource(path=str(settings.prediction_log_path())),
+        "store": OnlineStoreResource(path=str(settings.online_store_path())),
     }
 
 

@@ -76,6 +76,9 @@ class DataParams(_Strict):
 
 class FeatureParams(_Strict):
     night_hours: tuple[int, int]
+    label_delay_days: int = Field(ge=0)
+    new_terminal_days: int = Field(ge=1)
+    burst_window_seconds: int = Field(ge=1)
 
 
 class SplitParams(_Strict):

@@ -54,6 +54,17 @@ class MlflowResource(dg.ConfigurableResource):
         return self.client().create_run(exp_id, run_name=run_name, tags=tags).info.run_id
 
 
+class OnlineStoreResource(dg.ConfigurableResource):
+    """The online store of past transactions that serving's features read (SQLite by default)."""
+
+    path: str
+
+    def get(self) -> "SqliteTransactionStore":  # noqa: F821 (imported lazily: no SQLite at import time)
+        from fraud_assets.store import SqliteTransactionStore
+
+        return SqliteTransactionStore(self.path)
+
+
 class PredictionLogResource(dg.ConfigurableResource):
     """The serving prediction log (SQLite, written by the Ray Serve replicas), read-only."""
 

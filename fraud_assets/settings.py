@@ -61,6 +61,12 @@ def prediction_log_path() -> Path:
     return Path(env).resolve() if env else state_dir() / "predictions.sqlite"
 
 
+def online_store_path() -> Path:
+    """The online store (SQLite): ``$FRAUD_ONLINE_STORE`` or ``online_store.sqlite`` in the state folder."""
+    env = os.environ.get("FRAUD_ONLINE_STORE")
+    return Path(env).resolve() if env else state_dir() / "online_store.sqlite"
+
+
 def dvc_remote_dir() -> Path:
     return state_dir() / "dvc-remote"
 

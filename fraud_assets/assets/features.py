@@ -1,4 +1,4 @@
-"""Features group: the model's inputs for a month, computed by the same code serving uses."""
+"""Features group: the model's inputs for a month (the code serving uses), and the online store serving reads."""
 
 
 import dagster as dg
@@ -6,18 +6,37 @@ import pandas as pd
 
 from fraud_assets.core.features import FEATURE_COLUMNS, build_features
 from fraud_assets.params import Params
+from fraud_assets.resources import BY_PARTITION, OnlineStoreResource
 
 GROUP = "features"
 
 
 def build_feature_assets(params: Params, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     """The feature assets for ``partitions``."""
+    with_previous = dg.AssetIn(  # the month and the one before it: windows reach back across the boundary
+        "validated_transactions",
+        partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=0,
+                                                        allow_nonexistent_upstream_partitions=True),
+        metadata={BY_PARTITION: True},
+    )
 
-    @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"pandas"})
-    def transaction_features(validated_transactions: pd.DataFrame) -> dg.Output[pd.DataFrame]:
-        """Per-transaction features for a month (the same code as online scoring)."""
-        frame = build_features(validated_transactions, params.features)
-        return dg.Output(frame, metadata={"rows": len(frame), "features": ", ".join(FEATURE_COLUMNS),
+    @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"pandas"}, ins={"months": with_previous})
+    def transaction_features(context: dg.AssetExecutionContext, months: dict[str, pd.DataFrame]
+                             ) -> dg.Output[pd.DataFrame]:
+        """Per-transaction, per-customer and per-terminal features of a month, the month before as history."""
+        month = context.partition_key
+        history = [frame for m, frame in sorted(months.items()) if m < month]
+        frame = build_features(months[month], params.features, history=history[-1] if history else None)
+        return dg.Output(frame, metadata={"rows": len(frame), "features": len(FEATURE_COLUMNS),
+                                          "history_rows": len(history[-1]) if history else 0,
                                           "fraud_rate": float(frame["is_fraud"].mean()) if len(frame) else 0.0})
 
-    return [transaction_features]
+    @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"sqlite"})
+    def online_store(context: dg.AssetExecutionContext, validated_transactions: pd.DataFrame,
+                     store: OnlineStoreResource) -> dg.MaterializeResult:
+        """The month's validated transactions, with labels, loaded into the online store serving reads."""
+        loaded = store.get().seed(validated_transactions)
+        return dg.MaterializeResult(metadata={"rows_loaded": loaded, "store_rows": store.get().count(),
+                                              "path": store.path})
+
+    return [transaction_features, online_store]

@@ -1,4 +1,4 @@
-"""Stage ``featurize``: per-transaction features for each validated month (the code serving uses too)."""
+"""Stage ``featurize``: features of each validated month, the month before as history (the code serving uses)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ def featurize(prepared_dir: Path, out_dir: Path, p: FeatureParams) -> dict[str, 
     """Build features for every month in ``prepared_dir`` into ``out_dir``; return rows per month."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = {}
-    for month, frame in read_months(prepared_dir).items():
-        features = build_features(frame, p)
+    previous = None
+    for month, frame in read_months(prepared_dir).items():  # oldest first: each month sees the one before
+        features = build_features(frame, p, history=previous)
+        previous = frame
         features.to_parquet(out_dir / f"{month}.parquet", index=False)
         rows[month] = len(features)
     return rows

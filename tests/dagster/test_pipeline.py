@@ -15,7 +15,13 @@ from fraud_assets.core.months import month_range, shift_month, snapshot_path
 from fraud_assets.definitions import build_assets, build_definitions
 from fraud_assets.params import load_params
 from fraud_assets.registry import alias_version, client_for
-from fraud_assets.resources import FrameIOManager, MlflowResource, PredictionLogResource, ProjectResource
+from fraud_assets.resources import (
+    FrameIOManager,
+    MlflowResource,
+    OnlineStoreResource,
+    PredictionLogResource,
+    ProjectResource,
+)
 
 
 class FileHashProject(ProjectResource):
@@ -32,6 +38,7 @@ def _resources(root: Path, state: Path) -> dict:
         "mlflow": MlflowResource(tracking_uri=uri, artifact_root=(state / "artifacts").as_uri()),
         "io_manager": FrameIOManager(base_dir=str(state / "assets")),
         "prediction_log": PredictionLogResource(path=str(state / "predictions.sqlite")),
+        "store": OnlineStoreResource(path=str(state / "online_store.sqlite")),
     }
 
 

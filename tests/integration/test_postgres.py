@@ -80,7 +80,7 @@ def postgres() -> Iterator[str]:
 def test_train_register_promote_load_and_serve_on_postgres(postgres: str, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FRAUD_STATE_DIR", str(tmp_path / "state"))  # the prediction log of the served call
-    from fraud_assets.resources import FrameIOManager, MlflowResource, PredictionLogResource
+    from fraud_assets.resources import FrameIOManager, MlflowResource, OnlineStoreResource, PredictionLogResource
 
     root = write_small_project(tmp_path / "project", months=4)
     params = load_params(root / "params.yaml")
@@ -89,6 +89,7 @@ def test_train_register_promote_load_and_serve_on_postgres(postgres: str, tmp_pa
         "mlflow": MlflowResource(tracking_uri=postgres, artifact_root=(tmp_path / "artifacts").as_uri()),
         "io_manager": FrameIOManager(base_dir=str(tmp_path / "assets")),
         "prediction_log": PredictionLogResource(path=str(tmp_path / "predictions.sqlite")),
+        "store": OnlineStoreResource(path=str(tmp_path / "online_store.sqlite")),
     }
     instance = dg.DagsterInstance.ephemeral()
     months = month_range(params.data.start_month, params.data.months)
