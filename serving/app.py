@@ -19,6 +19,12 @@ when the new version fails to load or to warm up, the old one keeps serving, the
 ``/ready`` reports it. Every answer names the version that scored it. With several replicas each swaps on
 its own schedule, so for up to one reload interval two replicas may answer with different versions.
 
+Features come from the online store (:mod:`fraud_assets.store`; a SQLite file in the state folder by
+default, seeded from the snapshots by the ``online_store`` asset): each transaction is described from the
+stored past of its customer and terminal by the same code as training, then recorded in the store before
+the answer goes out, so the next transaction of that card sees it. ``POST /labels`` writes the labels to the
+store too, where they reach the terminal fraud rates once older than ``features.label_delay_days``.
+
 Every scored transaction goes to the prediction log (:mod:`serving.predlog`) off the hot path.
 
 Network exposure: the HTTP proxy binds 127.0.0.1 unless told otherwise, but Ray's own internal services
@@ -49,7 +55,8 @@ from ray.serve import Application
 
 from fraud_assets import registry
 from fraud_assets.params import FeatureParams, load_params
-from fraud_assets.settings import disable_telemetry, mlflow_tracking_uri, prediction_log_path
+from fraud_assets.settings import disable_telemetry, mlflow_tracking_uri, online_store_path, prediction_log_path
+from fraud_assets.store import OnlineFeatures, SqliteTransactionStore, TransactionStore
 from serving.api import (
     LABEL_BATCH,
     TRANSACTION,
@@ -150,7 +157,18 @@ class AppArgs(BaseModel):
     params_path: str | None = None
     reload_interval_s: float | None = Field(default=None, gt=0)
     prediction_log: str | None = None
+    online_store: str | None = None
     insecure_local: bool = False
+
+
+class _StoreLabels:
+    """Late labels into the online store (where terminal fraud rates read them)."""
+
+    def __init__(self, store: TransactionStore) -> None:
+        self._store = store
+
+    def record_labels(self, labels: list[dict[str, Any]], request_id: str) -> int:
+        return self._store.add_labels(labels)
 
 
 @serve.deployment
@@ -161,7 +179,7 @@ class FraudScorer:
     def __init__(self, tracking_uri: str, model_name: str, alias: str, num_threads: int,
                  features: dict[str, Any], reload_interval_s: float, max_batch_size: int,
                  batch_wait_timeout_s: float, max_batch_rows: int, max_body_bytes: int,
-                 prediction_log: str, insecure_local: bool = False) -> None:
+                 prediction_log: str, online_store: str, insecure_local: bool = False) -> None:
         disable_telemetry()
         key = os.environ.get(API_KEY_ENV, "")
         self._insecure = not key
@@ -181,7 +199,8 @@ class FraudScorer:
         self._features = FeatureParams.model_validate(features)
         self._reload_interval_s = reload_interval_s
         self._log = PredictionLog(prediction_log, on_drop=self._metrics.log_dropped.inc)
-        self._label_sinks: list[LabelSink] = [self._log]
+        self._store: TransactionStore = SqliteTransactionStore(online_store)
+        self._label_sinks: list[LabelSink] = [self._log, _StoreLabels(self._store)]
         self._predictor: Predictor | None = None
         self._error: str | None = None
         self._follower = asyncio.get_running_loop().create_task(self._follow_alias())
@@ -221,7 +240,7 @@ class FraudScorer:
         if len(transactions) > self._max_batch_rows:
             return _json({"detail": f"transactions: at most {self._max_batch_rows} rows per request"}, 413)
         predictor = self._require_predictor()
-        scored = await asyncio.to_thread(predictor.score_with_features, transactions)
+        scored = await asyncio.to_thread(self._score_and_remember, predictor, transactions)
         self._after_scoring(transactions, scored, [request.state.request_id] * len(transactions))
         return _json({"scores": scored.decisions})
 
@@ -230,17 +249,24 @@ class FraudScorer:
         """Store late fraud labels durably (answered once they are on disk)."""
         batch = _parse(LABEL_BATCH, await request.body())
         labels = [label.model_dump() for label in batch.labels]
-        for sink in self._label_sinks:
-            stored = await asyncio.to_thread(sink.record_labels, labels, request.state.request_id)
+        stored = 0
+        for sink in self._label_sinks:  # the prediction log first: its count is the answer
+            n = await asyncio.to_thread(sink.record_labels, labels, request.state.request_id)
+            stored = stored or n
         self._metrics.labels.inc(stored)
         return _json({"stored": stored})
 
     @serve.batch
     async def _score_batch(self, items: list[tuple[dict[str, Any], str]]) -> list[dict[str, Any]]:
         transactions = [tx for tx, _ in items]
-        scored = self._require_predictor().score_with_features(transactions)
+        scored = self._score_and_remember(self._require_predictor(), transactions)
         self._after_scoring(transactions, scored, [rid for _, rid in items])
         return scored.decisions
+
+    def _score_and_remember(self, predictor: Predictor, transactions: list[dict[str, Any]]) -> Scored:
+        scored = predictor.score_with_features(transactions)
+        self._store.append(transactions)  # before answering: the card's next transaction must see this one
+        return scored
 
     def _after_scoring(self, transactions: list[dict[str, Any]], scored: Scored, request_ids: list[str]) -> None:
         m, n = self._metrics, len(transactions)
@@ -263,9 +289,9 @@ class FraudScorer:
         if log is not None:
             log.close()
 
-    def _feature_provider(self) -> FeatureProvider | None:
-        """Where online features come from (None: the stateless default; an online store plugs in here)."""
-        return None
+    def _feature_provider(self) -> FeatureProvider:
+        """Online features from the store (read only: :meth:`_after_scoring` records what was scored)."""
+        return OnlineFeatures(self._store, self._features, remember=False)
 
     def _require_predictor(self) -> Predictor:
         predictor = self._predictor
@@ -338,6 +364,7 @@ def build_app(args: AppArgs) -> Application:
         max_batch_rows=s.max_batch_rows,
         max_body_bytes=s.max_body_bytes,
         prediction_log=args.prediction_log or str(prediction_log_path()),
+        online_store=args.online_store or str(online_store_path()),
         insecure_local=args.insecure_local,
     )
 

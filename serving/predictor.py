@@ -5,13 +5,9 @@ No Ray, no HTTP and no registry access here: the deployment in ``serving.app`` l
 class scores in tests, scripts and replicas alike.
 
 Features come from an injectable provider, ``features(transactions) -> DataFrame`` (key columns plus the
-model's feature columns); the default is :func:`fraud_assets.core.features.online_features`, and an online
-store that knows each customer's and terminal's history can be passed instead without touching this class.
-
-While the model uses only the stateless features and no provider is injected, the matrix is built with numpy
-straight from the request dicts (pandas costs about 2 ms a call, a third of a request's time); :meth:`Predictor.warm_up`
-checks that this path gives exactly the provider's numbers on sample rows and switches it off otherwise, so the
-feature definitions in ``fraud_assets.core.features`` stay the reference.
+model's feature columns): the service passes :class:`fraud_assets.store.OnlineFeatures` (the customer's and
+terminal's past from the online store); without one, :func:`fraud_assets.core.features.online_features`
+describes the transactions with no stored past (as first-ever transactions), which scripts and tests use.
 
 Reasons are per-row feature contributions in log-odds from XGBoost (``pred_contribs=True``) with
 ``approx_contribs=True`` (Saabas attribution): exact TreeSHAP costs about 0.5 ms a row on a 300-tree model,
@@ -23,7 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -45,14 +40,6 @@ WARMUP_TRANSACTION: dict[str, Any] = {
     "terminal_id": "warm-up",
     "amount": 42.0,
 }
-# Rows on which the numpy path must equal the provider: night, weekend, midnight, zero amount, offsets, "Z".
-CHECK_TRANSACTIONS: list[dict[str, Any]] = [
-    {**WARMUP_TRANSACTION, "tx_datetime": when, "amount": amount}
-    for when, amount in [("2025-01-04T23:59:59+00:00", 0.0), ("2025-01-05T00:00:00Z", 1e-3),
-                         ("2025-03-09T05:59:59-03:00", 12345.678), ("2025-06-02T06:00:00+02:00", 231.4),
-                         (datetime(2025, 7, 6, 3, 30, tzinfo=UTC), 99.99)]
-]
-STATELESS_COLUMNS = frozenset({"amount", "log_amount", "hour", "weekday", "is_night", "is_weekend"})
 
 
 @dataclass(frozen=True)
@@ -65,7 +52,7 @@ class Scored:
 
 
 def default_feature_provider(features: FeatureParams) -> FeatureProvider:
-    """Today's stateless online features (the same code as batch mode)."""
+    """Online features with no stored past (the same code as batch mode)."""
     return partial(online_features, p=features)
 
 
@@ -79,8 +66,6 @@ class Predictor:
         self._model = model
         self._provide = feature_provider or default_feature_provider(features)
         self._columns = list(model.booster.feature_names or FEATURE_COLUMNS)
-        self._night_hours = features.night_hours
-        self.fast_path = feature_provider is None and set(self._columns) <= STATELESS_COLUMNS
         best = model.booster.attr("best_iteration")
         self._range = (0, int(best) + 1) if best is not None else (0, 0)
 
@@ -101,8 +86,6 @@ class Predictor:
 
     def matrix(self, transactions: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The float32 feature matrix of ``transactions`` in the model's column order."""
-        if self.fast_path:
-            return _stateless_matrix(transactions, self._columns, self._night_hours)
         return feature_matrix(self._provide(transactions), self._columns)
 
     def probabilities(self, transactions: Sequence[Mapping[str, Any]]) -> list[float]:
@@ -143,10 +126,6 @@ class Predictor:
 
     def warm_up(self) -> float:
         """Score a synthetic row and check the answer is a probability (run before serving a version)."""
-        if self.fast_path:
-            provided = feature_matrix(self._provide(CHECK_TRANSACTIONS), self._columns)
-            self.fast_path = np.array_equal(_stateless_matrix(CHECK_TRANSACTIONS, self._columns, self._night_hours),
-                                            provided)
         (decision,) = self.score([WARMUP_TRANSACTION])
         probability = decision["fraud_probability"]
         if not (math.isfinite(probability) and 0.0 <= probability <= 1.0):
@@ -158,22 +137,3 @@ class Predictor:
     def _predict(self, x: np.ndarray) -> np.ndarray:
         return self._model.booster.inplace_predict(x, iteration_range=self._range)
 
-
-def _utc(value: Any) -> datetime:
-    when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-
-
-def _stateless_matrix(transactions: Sequence[Mapping[str, Any]], columns: Sequence[str],
-                      night_hours: tuple[int, int]) -> np.ndarray:
-    """The stateless features with numpy, no pandas (checked against the provider in ``warm_up``)."""
-    n = len(transactions)
-    amount = np.fromiter((float(tx["amount"]) for tx in transactions), np.float64, n)
-    when = [_utc(tx["tx_datetime"]) for tx in transactions]
-    hour = np.fromiter((w.hour for w in when), np.float64, n)
-    weekday = np.fromiter((w.weekday() for w in when), np.float64, n)
-    start, end = night_hours
-    values = {"amount": amount, "log_amount": np.log1p(amount), "hour": hour, "weekday": weekday,
-              "is_night": ((hour >= start) & (hour < end)).astype(np.float64),
-              "is_weekend": (weekday >= 5).astype(np.float64)}
-    return np.column_stack([values[c] for c in columns]).astype(np.float32)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from fraud_assets.core.features import FEATURE_COLUMNS, feature_matrix, online_features
+from fraud_assets.core.features import FEATURE_COLUMNS, online_features
 from fraud_assets.core.train import predict
 from fraud_assets.params import load_params
 from fraud_assets.registry import LoadedModel
@@ -15,7 +15,9 @@ from serving.predictor import WARMUP_TRANSACTION, Predictor
 
 def _booster() -> xgb.Booster:
     rng = np.random.default_rng(7)
-    x = rng.uniform(0, 300, size=(400, len(FEATURE_COLUMNS)))
+    # Only the amount carries signal; the other columns are noise, so a score is decided by the amount.
+    x = rng.uniform(0, 1, size=(400, len(FEATURE_COLUMNS)))
+    x[:, 0] = rng.uniform(0, 300, size=400)
     y = (x[:, 0] > 150).astype(int)
     return xgb.train({"max_depth": 2, "seed": 7, "nthread": 1},
                      xgb.DMatrix(x, label=y, feature_names=FEATURE_COLUMNS), 5)
@@ -102,26 +104,3 @@ def test_score_with_features_returns_the_scored_matrix(predictor: Predictor) -> 
     scored = predictor.score_with_features([_tx(0, 5.0), _tx(1, 6.0)])
     assert scored.features.shape == (2, len(FEATURE_COLUMNS)) and scored.feature_names == FEATURE_COLUMNS
     assert scored.features[:, FEATURE_COLUMNS.index("amount")].tolist() == [5.0, 6.0]
-
-
-def test_numpy_path_equals_the_feature_definitions_on_random_rows(predictor: Predictor) -> None:
-    rng = np.random.default_rng(3)
-    offsets = ["Z", "+00:00", "+05:30", "-08:00", "+14:00"]
-    txs = [{**_tx(i, float(rng.uniform(0, 5000))),
-            "tx_datetime": f"2025-{rng.integers(1, 13):02d}-{rng.integers(1, 29):02d}T{rng.integers(0, 24):02d}:"
-                           f"{rng.integers(0, 60):02d}:{rng.integers(0, 60):02d}{offsets[i % len(offsets)]}"}
-           for i in range(500)]
-    assert predictor.fast_path
-    expected = feature_matrix(online_features(txs, load_params().features), FEATURE_COLUMNS)
-    np.testing.assert_array_equal(predictor.matrix(txs), expected)
-
-
-def test_numpy_path_is_off_with_an_injected_provider_or_a_disagreeing_definition() -> None:
-    features = load_params().features
-    injected = Predictor(LoadedModel("9", _booster(), 0.5, {}), features,
-                         feature_provider=lambda txs: online_features(txs, features))
-    assert not injected.fast_path
-    drifted = Predictor(LoadedModel("9", _booster(), 0.5, {}), features)
-    drifted._provide = lambda txs: online_features(txs, features.model_copy(update={"night_hours": (1, 5)}))
-    drifted.warm_up()
-    assert not drifted.fast_path

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import xgboost as xgb
 import yaml
@@ -27,9 +28,10 @@ from fraud_assets import registry
 from fraud_assets.core.features import FEATURE_COLUMNS, build_features
 from fraud_assets.core.simulate import simulate_months
 from fraud_assets.core.split import split_by_time
-from fraud_assets.core.train import train_model
+from fraud_assets.core.train import predict, train_model
 from fraud_assets.params import FeatureParams, load_params
 from fraud_assets.registry import LoadedModel
+from fraud_assets.store import OnlineFeatures, SqliteTransactionStore
 from serving.app import AppArgs, start_serving, stop_serving
 from serving.predictor import Predictor
 
@@ -53,6 +55,8 @@ class Served:
     start_seconds: float
     log_path: Path
     features: FeatureParams
+    store_path: Path
+    months: dict[str, pd.DataFrame]
 
 
 def _free_port() -> int:
@@ -70,10 +74,12 @@ def _register(uri: str, artifact_root: str, booster: xgb.Booster, tags: dict[str
     return str(mv.version)
 
 
-def _trained_booster() -> xgb.Booster:
+def _trained_booster(months: dict[str, pd.DataFrame]) -> xgb.Booster:
     params = load_params()
-    months = simulate_months(params.data, "2025-01", 3)
-    features = {m: build_features(frame, params.features) for m, frame in months.items()}
+    features, previous = {}, None
+    for m, frame in months.items():
+        features[m] = build_features(frame, params.features, history=previous)
+        previous = frame
     split = split_by_time(features, "2025-03", params.split)
     return train_model(split.train, split.valid, params.train)
 
@@ -91,18 +97,20 @@ def _params_file(tmp: Path) -> Path:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("serving")
     uri, artifact_root = f"sqlite:///{tmp / 'mlflow.db'}", (tmp / "artifacts").as_uri()
-    booster = _trained_booster()
+    months = simulate_months(load_params().data, "2025-01", 3)
+    booster = _trained_booster(months)
     version = _register(uri, artifact_root, booster, {"threshold": str(THRESHOLD)})
     registry.client_for(uri).set_registered_model_alias(MODEL, ALIAS, version)
-    log_path = tmp / "predictions.sqlite"
-    args = AppArgs(params_path=str(_params_file(tmp)), prediction_log=str(log_path))
+    log_path, store_path = tmp / "predictions.sqlite", tmp / "online_store.sqlite"
+    SqliteTransactionStore(store_path).seed(pd.concat([months["2025-01"], months["2025-02"]], ignore_index=True))
+    args = AppArgs(params_path=str(_params_file(tmp)), prediction_log=str(log_path), online_store=str(store_path))
     previous = os.environ.get("FRAUD_API_KEY")
     os.environ["FRAUD_API_KEY"] = KEY  # Ray's local workers inherit it
     started = time.perf_counter()
     try:
         base_url = start_serving(tracking_uri=uri, port=_free_port(), args=args)
         yield Served(base_url, uri, artifact_root, version, booster, time.perf_counter() - started, log_path,
-                     load_params().features)
+                     load_params().features, store_path, months)
     finally:
         stop_serving()
         if previous is None:
@@ -117,8 +125,18 @@ def http(served: Served) -> Iterator[httpx.Client]:
         yield client
 
 
-def _offline(served: Served, txs: list[dict]) -> list[float]:
-    predictor = Predictor(LoadedModel(served.version, served.booster, THRESHOLD, {}), served.features)
+def _store_now(served: Served) -> SqliteTransactionStore:
+    """A copy of the served store as it is now (the service keeps appending to the original)."""
+    copy = served.store_path.with_name(f"copy-{time.monotonic_ns()}.sqlite")
+    with sqlite3.connect(served.store_path) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    return SqliteTransactionStore(copy)
+
+
+def _offline(served: Served, txs: list[dict], store: SqliteTransactionStore | None = None) -> list[float]:
+    """Offline scores of ``txs`` against the store state before they were sent (pass it when sent later)."""
+    features = OnlineFeatures(store or _store_now(served), served.features, remember=False)
+    predictor = Predictor(LoadedModel(served.version, served.booster, THRESHOLD, {}), served.features, features)
     return predictor.probabilities(txs)
 
 
@@ -175,21 +193,65 @@ def test_a_request_id_is_generated_when_absent(http: httpx.Client) -> None:
 
 
 def test_served_probability_equals_offline_scores(http: httpx.Client, served: Served) -> None:
-    txs = [{**TX, "transaction_id": f"tx-{i}", "amount": amount, "tx_datetime": when}
+    txs = [{**TX, "transaction_id": f"p-{i}", "amount": amount, "tx_datetime": when}
            for i, (amount, when) in enumerate([(3.2, "2025-03-14T13:00:00Z"), (231.4, "2025-03-15T02:15:00Z"),
                                                 (999.0, "2025-03-16T23:59:59-05:00"), (0.0, "2025-03-17T06:00:00Z")])]
+    before = _store_now(served)
     served_p = [http.post("/predict", json=tx).json()["fraud_probability"] for tx in txs]
-    np.testing.assert_allclose(served_p, _offline(served, txs), atol=1e-6)
+    np.testing.assert_allclose(served_p, _offline(served, txs, before), atol=1e-6)
     assert max(served_p) > min(served_p)  # the model is not constant on these rows
 
 
 def test_batch_endpoint_matches_offline_in_order(http: httpx.Client, served: Served) -> None:
     txs = [{**TX, "transaction_id": f"b-{i}", "amount": float(a)} for i, a in enumerate([1, 50, 250, 900])]
+    before = _store_now(served)
     response = http.post("/predict/batch", json={"transactions": txs})
     assert response.status_code == 200, response.text
     scores = response.json()["scores"]
     assert [s["transaction_id"] for s in scores] == [tx["transaction_id"] for tx in txs]
-    np.testing.assert_allclose([s["fraud_probability"] for s in scores], _offline(served, txs), atol=1e-6)
+    np.testing.assert_allclose([s["fraud_probability"] for s in scores], _offline(served, txs, before), atol=1e-6)
+
+
+def _march_stream(served: Served, n: int, start: int = 0) -> tuple[list[dict], pd.DataFrame]:
+    """``n`` March transactions in time order (first day of the month), as requests and as a labelled frame."""
+    march = served.months["2025-03"].sort_values("tx_datetime", kind="stable").iloc[start:start + n]
+    requests = [{"transaction_id": r.transaction_id, "tx_datetime": r.tx_datetime.isoformat(),
+                 "customer_id": r.customer_id, "terminal_id": r.terminal_id, "amount": float(r.amount)}
+                for r in march.itertuples()]
+    return requests, march
+
+
+def test_served_scores_equal_batch_mode_for_the_same_transactions_and_store(http: httpx.Client,
+                                                                              served: Served) -> None:
+    """The store holds January and February; March arrives one request at a time (each remembered), and
+    every served score equals the training path: ``build_features`` over March with January-February as history."""
+    requests, march = _march_stream(served, 150)
+    served_p = []
+    for tx in requests:
+        response = http.post("/predict", json=tx)
+        assert response.status_code == 200, response.text
+        served_p.append(response.json()["fraud_probability"])
+    history = pd.concat([served.months["2025-01"], served.months["2025-02"]], ignore_index=True)
+    batch = predict(served.booster, build_features(march, served.features, history=history))
+    np.testing.assert_allclose(served_p, batch, atol=1e-6)
+    assert max(served_p) > min(served_p)
+    # The history features are live: some of these rows have a customer seen in the last 30 days.
+    seen = build_features(march, served.features, history=history)["customer_count_30d"]
+    assert (seen > 0).any()
+
+
+def test_batch_endpoint_equals_batch_mode_and_remembers_rows(http: httpx.Client, served: Served) -> None:
+    requests, march = _march_stream(served, 40, start=150)
+    response = http.post("/predict/batch", json={"transactions": requests})
+    assert response.status_code == 200, response.text
+    history = pd.concat([served.months["2025-01"], served.months["2025-02"],
+                         served.months["2025-03"].sort_values("tx_datetime", kind="stable").iloc[:150]],
+                        ignore_index=True)
+    batch = predict(served.booster, build_features(march, served.features, history=history))
+    np.testing.assert_allclose([s["fraud_probability"] for s in response.json()["scores"]], batch, atol=1e-6)
+    stored = SqliteTransactionStore(served.store_path).history(
+        [r["customer_id"] for r in requests], [], 0, 2**40)
+    assert set(r["transaction_id"] for r in requests) <= set(stored["transaction_id"])
 
 
 def test_batch_over_the_row_limit_is_413_naming_it(http: httpx.Client) -> None:
@@ -215,6 +277,7 @@ def test_body_over_the_limit_is_413_declared_or_streamed(http: httpx.Client) -> 
 
 def test_concurrent_requests_are_batched_without_mixing_rows(served: Served) -> None:
     txs = [{**TX, "transaction_id": f"c-{i}", "amount": float(i * 13 % 700)} for i in range(64)]
+    before = _store_now(served)  # all at one second: however they are batched, none is "before" another
 
     async def fire() -> list[dict]:
         async with httpx.AsyncClient(base_url=served.base_url, timeout=30.0, headers={"x-api-key": KEY}) as client:
@@ -224,7 +287,7 @@ def test_concurrent_requests_are_batched_without_mixing_rows(served: Served) -> 
 
     bodies = asyncio.run(fire())
     assert [b["transaction_id"] for b in bodies] == [tx["transaction_id"] for tx in txs]
-    np.testing.assert_allclose([b["fraud_probability"] for b in bodies], _offline(served, txs), atol=1e-6)
+    np.testing.assert_allclose([b["fraud_probability"] for b in bodies], _offline(served, txs, before), atol=1e-6)
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -304,6 +367,9 @@ def test_labels_are_stored_with_their_arrival_time(http: httpx.Client, served: S
     response = http.post("/labels", json={"labels": labels}, headers={"x-request-id": "labels-1"})
     assert response.status_code == 200, response.text
     assert response.json() == {"stored": 2}
+    in_store = dict(_rows(served.store_path, "SELECT transaction_id, is_fraud FROM transactions WHERE transaction_id"
+                          " IN ('logged-1', 'logged-b0')"))
+    assert in_store == {"logged-1": 1, "logged-b0": 0}  # where terminal fraud rates will read them
     rows = _rows(served.log_path, "SELECT transaction_id, is_fraud, received_at FROM labels WHERE request_id = ?",
                  ("labels-1",))
     assert sorted(r[:2] for r in rows) == [("logged-1", 1), ("logged-b0", 0)] and all(r[2] for r in rows)
