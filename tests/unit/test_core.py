@@ -126,7 +126,10 @@ def test_features_do_not_mutate_input(month_frame: pd.DataFrame) -> None:
 @pytest.fixture(scope="module")
 def trained() -> dict:
     frames = simulate_months(P.data, "2025-01", 3)
-    feats = {m: build_features(f, P.features) for m, f in frames.items()}
+    feats, previous = {}, None
+    for m, f in frames.items():
+        feats[m] = build_features(f, P.features, history=previous)
+        previous = f
     split = split_by_time(feats, "2025-03", P.split)
     booster, threshold = fit_challenger(split.train, split.valid, P.train, P.evaluate)
     scenario = split.holdout["transaction_id"].map(frames["2025-03"].set_index("transaction_id")["fraud_scenario"])
@@ -148,11 +151,11 @@ def test_model_learns_and_round_trips(trained: dict, tmp_path: Path) -> None:
     metrics = evaluate_scores(s.holdout, scores, trained["threshold"], P.evaluate)
     base_rate = s.holdout["is_fraud"].mean()
     assert metrics["average_precision"] > 5 * base_rate
-    assert metrics["roc_auc"] > 0.6
-    # Per-transaction features see amounts: on legit vs amount-driven fraud the model must rank well.
+    assert metrics["roc_auc"] > 0.75
+    # On legit vs amount-driven fraud (per-transaction and customer features) the ranking must be better still.
     scenario = trained["scenario"]
     visible = scenario.isin(["legit", "large_amount", "compromised_card"]).to_numpy()
-    assert roc_auc_score(s.holdout["is_fraud"].to_numpy()[visible], scores[visible]) > 0.75
+    assert roc_auc_score(s.holdout["is_fraud"].to_numpy()[visible], scores[visible]) > 0.85
     path = save_model(booster, tmp_path / "m.ubj")
     np.testing.assert_allclose(predict(load_model(path), s.holdout), scores, rtol=1e-6)
     with pytest.raises(ValueError, match=r"\.ubj or \.json"):
