@@ -493,3 +493,29 @@ def test_the_alias_moves_under_load_without_errors_or_going_back(http: httpx.Cli
     finally:
         c.set_registered_model_alias(MODEL, ALIAS, served.version)
         _wait_for(http, lambda b: b.get("model_version") == served.version)
+
+
+def test_fraud_promote_and_rollback_move_what_is_served(http: httpx.Client, served: Served,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fraud promote`` hands ``champion`` to a new version and the replica follows; ``fraud rollback``
+    gives it back to the previous champion and the replica follows again; ``fraud history`` tells both."""
+    from typer.testing import CliRunner
+
+    from fraud_assets.cli import app as cli
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", served.tracking_uri)
+    runner = CliRunner()
+    newer = _register(served.tracking_uri, served.artifact_root, served.booster, {"threshold": "0.3"})
+    promoted = runner.invoke(cli, ["promote", "--version", newer, "--reason", "hand-picked for the test"])
+    assert promoted.exit_code == 0, promoted.output
+    _wait_for(http, lambda b: b.get("model_version") == newer)
+    assert http.post("/predict", json=TX).json()["model_version"] == newer
+    rolled = runner.invoke(cli, ["rollback", "--reason", "alerts doubled overnight"])
+    assert rolled.exit_code == 0, rolled.output
+    assert f"v{newer} -> v{served.version}" in rolled.output
+    _wait_for(http, lambda b: b.get("model_version") == served.version)
+    body = http.post("/predict", json=TX).json()
+    assert body["model_version"] == served.version and body["threshold"] == THRESHOLD
+    history = runner.invoke(cli, ["history"])
+    assert history.exit_code == 0 and "alerts doubled overnight" in history.output
+    assert "hand-picked for the test" in history.output
