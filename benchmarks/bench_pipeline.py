@@ -77,7 +77,10 @@ def plain(root: Path, months: list[str]) -> dict:
 
     p = load_params(root / "params.yaml")
     valid = {m: validate_transactions(read_snapshot(root / p.data.dir / f"{m}.parquet"), m).valid for m in months}
-    features = {m: build_features(valid[m], p.features) for m in months}
+    features, previous = {}, None
+    for m in months:  # each month with the month before as history, as the asset graph does
+        features[m] = build_features(valid[m], p.features, history=previous)
+        previous = valid[m]
     split = split_by_time(features, months[-1], p.split)
     booster, threshold = fit_challenger(split.train, split.valid, p.train, p.evaluate)
     baseline = train_baseline(split.train, p.train)

@@ -4,7 +4,7 @@
 file in the state folder in WAL mode (many readers, such as Ray replicas and Dagster runs, and one writer
 at a time), indexed by (customer, time) and (terminal, time). A networked store (PostgreSQL, Redis)
 implements the same four methods. :class:`OnlineFeatures` turns incoming transactions into the model's
-feature frame through :func:`fraud_assets.core.features.compute_features`, the function batch mode uses.
+features through :func:`fraud_assets.core.features.feature_values`, the function batch mode ends in.
 
 Labels: a transaction's ``is_fraud`` is what the snapshot said when the store was seeded, or what
 ``add_labels`` recorded later (``POST /labels``); transactions appended by serving have no label until
@@ -19,9 +19,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 
-from fraud_assets.core.features import DAY_S, lookback_days, online_features
+from fraud_assets.core.features import (
+    DAY_S,
+    FEATURE_COLUMNS,
+    KEY_COLUMNS,
+    Rows,
+    lookback_days,
+    online_matrix,
+    timestamp_parts,
+)
 from fraud_assets.params import FeatureParams
 
 SCHEMA = """
@@ -37,9 +46,8 @@ _COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "amou
 class TransactionStore(Protocol):
     """What online features need from a store of past transactions."""
 
-    def history(self, customers: Sequence[str], terminals: Sequence[str], since_s: int, until_s: int
-                ) -> pd.DataFrame:
-        """Rows of these customers or terminals with ``since_s <= ts < until_s`` (epoch seconds)."""
+    def history(self, customers: Sequence[str], terminals: Sequence[str], since_s: int, until_s: int) -> Rows:
+        """Rows of these customers or terminals with ``since_s <= ts < until_s`` (epoch seconds), each once."""
         ...
 
     def append(self, transactions: Sequence[Mapping[str, Any]]) -> int:
@@ -78,19 +86,26 @@ class SqliteTransactionStore:
             self._local.conn = conn
         return conn
 
-    def history(self, customers: Sequence[str], terminals: Sequence[str], since_s: int, until_s: int
-                ) -> pd.DataFrame:
-        """Rows of these customers or terminals in ``[since_s, until_s)``, as a canonical frame."""
-        conn = self._connect()
-        rows: dict[str, tuple] = {}
-        for column, keys in (("customer_id", customers), ("terminal_id", terminals)):
-            for key in dict.fromkeys(keys):
-                for r in conn.execute(
-                        f"SELECT transaction_id, ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
-                        f"WHERE {column} = ? AND ts >= ? AND ts < ?", (key, since_s, until_s)):
-                    rows[r[0]] = r
-        frame = pd.DataFrame(list(rows.values()), columns=["transaction_id", "ts", "customer_id", "terminal_id",
-                                                             "amount", "is_fraud"])
+    def history(self, customers: Sequence[str], terminals: Sequence[str], since_s: int, until_s: int) -> Rows:
+        """Rows of these customers or terminals in ``[since_s, until_s)``, each once (two index range scans)."""
+        cs, ts = list(dict.fromkeys(map(str, customers))), list(dict.fromkeys(map(str, terminals)))
+        in_c, in_t = ",".join("?" * len(cs)), ",".join("?" * len(ts))
+        # The terminals' rows of other customers only, so a row of both sides comes once (UNION ALL, no sort).
+        sql = (f"SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
+               f"WHERE customer_id IN ({in_c}) AND ts >= ? AND ts < ? UNION ALL "
+               f"SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
+               f"WHERE terminal_id IN ({in_t}) AND ts >= ? AND ts < ? AND customer_id NOT IN ({in_c})")
+        records = self._connect().execute(sql, [*cs, since_s, until_s, *ts, since_s, until_s, *cs]).fetchall()
+        return _rows(records)
+
+    def history_frame(self, customers: Sequence[str], terminals: Sequence[str], since_s: int, until_s: int
+                      ) -> pd.DataFrame:
+        """:meth:`history` as a canonical frame (for people and tests; serving uses the columns)."""
+        rows = self._connect().execute(
+            "SELECT transaction_id, ts, customer_id, terminal_id, amount, is_fraud FROM transactions WHERE "
+            f"(customer_id IN ({','.join('?' * len(customers))}) OR terminal_id IN ({','.join('?' * len(terminals))}))"
+            " AND ts >= ? AND ts < ?", [*customers, *terminals, since_s, until_s]).fetchall()
+        frame = pd.DataFrame(rows, columns=["transaction_id", "ts", "customer_id", "terminal_id", "amount", "is_fraud"])
         frame.insert(1, "tx_datetime", pd.to_datetime(frame.pop("ts").astype("int64"), unit="s", utc=True))
         return frame
 
@@ -98,7 +113,7 @@ class SqliteTransactionStore:
         """Insert scored transactions without a label (ids already stored are kept as they are)."""
         if not transactions:
             return 0
-        ts = _epoch_s([t["tx_datetime"] for t in transactions]).tolist()
+        ts = [timestamp_parts(t["tx_datetime"])[0] for t in transactions]
         rows = [(str(t["transaction_id"]), int(s), str(t["customer_id"]), str(t["terminal_id"]), float(t["amount"]))
                 for t, s in zip(transactions, ts, strict=True)]
         conn = self._connect()
@@ -136,20 +151,38 @@ class SqliteTransactionStore:
         return int(self._connect().execute("SELECT COUNT(*) FROM transactions").fetchone()[0])
 
 
+def _rows(records: list[tuple]) -> Rows:
+    """Store rows ``(ts, customer, terminal, amount, is_fraud)`` as feature columns."""
+    if not records:
+        return Rows(np.zeros(0, np.int64), [], [], np.zeros(0), np.zeros(0))
+    ts, customers, terminals, amounts, labels = zip(*records, strict=True)
+    return Rows(np.array(ts, np.int64), customers, terminals, np.array(amounts, np.float64),
+                np.array([np.nan if v is None else v for v in labels], np.float64))
+
+
 class OnlineFeatures:
     """Features of incoming transactions from a store, by the same code as batch mode; then remembers them."""
 
     def __init__(self, store: TransactionStore, p: FeatureParams, remember: bool = True) -> None:
         self.store, self.p, self.remember = store, p, remember
+        self._lookback_s = lookback_days(p) * DAY_S
+
+    def matrix(self, transactions: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """The feature matrix (:data:`FEATURE_COLUMNS` order, float64) of ``transactions``, in order."""
+        if not transactions:
+            return np.zeros((0, len(FEATURE_COLUMNS)))
+        ts = [timestamp_parts(tx["tx_datetime"])[0] for tx in transactions]
+        history = self.store.history([tx["customer_id"] for tx in transactions],
+                                     [tx["terminal_id"] for tx in transactions],
+                                     min(ts) - self._lookback_s, max(ts) + 1)
+        values = online_matrix(transactions, history, self.p)
+        if self.remember:
+            self.store.append(transactions)
+        return values
 
     def __call__(self, transactions: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         """The feature frame (key columns + features, in order) of ``transactions``."""
-        frame = pd.DataFrame.from_records(list(transactions), columns=_COLUMNS[:5])
-        ts = _epoch_s(frame["tx_datetime"])
-        history = self.store.history(frame["customer_id"].astype(str).tolist(),
-                                     frame["terminal_id"].astype(str).tolist(),
-                                     int(ts.min()) - lookback_days(self.p) * DAY_S, int(ts.max()) + 1)
-        features = online_features(transactions, self.p, history=history)
-        if self.remember:
-            self.store.append(transactions)
-        return features
+        values = self.matrix(transactions)
+        keys = pd.DataFrame.from_records(list(transactions), columns=KEY_COLUMNS)
+        return pd.concat([keys, pd.DataFrame(values, columns=FEATURE_COLUMNS)], axis=1)
+

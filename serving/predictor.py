@@ -66,6 +66,11 @@ class Predictor:
         self._model = model
         self._provide = feature_provider or default_feature_provider(features)
         self._columns = list(model.booster.feature_names or FEATURE_COLUMNS)
+        # A provider with a ``matrix`` method (the online store's) skips the pandas frame: its columns come in
+        # FEATURE_COLUMNS order and are picked by position for this model.
+        known = set(self._columns) <= set(FEATURE_COLUMNS)
+        self._provide_matrix = getattr(feature_provider, "matrix", None) if known else None
+        self._positions = [FEATURE_COLUMNS.index(c) for c in self._columns] if known else []
         best = model.booster.attr("best_iteration")
         self._range = (0, int(best) + 1) if best is not None else (0, 0)
 
@@ -86,6 +91,8 @@ class Predictor:
 
     def matrix(self, transactions: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The float32 feature matrix of ``transactions`` in the model's column order."""
+        if self._provide_matrix is not None:
+            return np.asarray(self._provide_matrix(transactions))[:, self._positions].astype(np.float32)
         return feature_matrix(self._provide(transactions), self._columns)
 
     def probabilities(self, transactions: Sequence[Mapping[str, Any]]) -> list[float]:

@@ -23,7 +23,8 @@ The label and the simulator's oracle columns are never features.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,9 @@ NEVER_FEATURES = frozenset({LABEL, "fraud_scenario", "fraud_probability"})
 DAY_S = 86_400
 NO_HISTORY = -1.0  # seconds-since-previous and amount ratio when the customer has no earlier transaction
 _SHIFT = np.int64(1) << np.int64(33)  # key * 2**33 + seconds: sortable, seconds < 2**33 (year 2242)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
 
 TX_FEATURES = ["amount", "log_amount", "hour", "weekday", "is_night", "is_weekend"]
 
@@ -63,18 +67,36 @@ def _seconds(ts: pd.Series) -> np.ndarray:
     return (pd.to_datetime(ts, utc=True).astype("int64") // 1_000_000_000).to_numpy(np.int64)
 
 
+# Below this many rows the per-key running sums are taken with numpy segment by segment (no pandas call
+# overhead, which dominates an online request); above it with one pandas groupby. Both add the same values
+# in the same order, so they give the same bits.
+_SMALL = 4096
+
+
+def _per_key_cumsum(key: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Running sums of ``values`` that restart at each new ``key`` (``key`` sorted)."""
+    if len(key) <= _SMALL:
+        cuts = np.flatnonzero(key[1:] != key[:-1]) + 1
+        return np.concatenate([np.cumsum(seg) for seg in np.split(values, cuts)]) if len(key) else values
+    return pd.Series(values).groupby(key).cumsum().to_numpy(np.float64)
+
+
 class _Index:
     """Reference rows sorted by (key, time) with per-key running sums, for window queries."""
 
-    def __init__(self, key: np.ndarray, ts: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
+    def __init__(self, key: np.ndarray, ts: np.ndarray, values: Mapping[str, np.ndarray],
+                 queried: np.ndarray | None = None) -> None:
+        if queried is not None and len(queried) <= _SMALL:
+            # A few queries (online): keep only their keys' rows. Windows never read another key, and within a
+            # key the rows and their order are unchanged, so the sums are the same bits.
+            keep = (key == queried[0]) if len(queried) == 1 else np.isin(key, queried)
+            key, ts, values = key[keep], ts[keep], {k: v[keep] for k, v in values.items()}
         order = np.lexsort((ts, key))
         self.key, self.ts = key[order], ts[order]
         self.combined = self.key * _SHIFT + self.ts
         self.n = len(order)
-        grp = pd.Series(self.key)
         # Running sums restart at each key, so a window's sum never subtracts two large totals (exact parity).
-        self.incl = {k: pd.Series(v[order]).groupby(grp.to_numpy()).cumsum().to_numpy(np.float64)
-                     for k, v in values.items()}
+        self.incl = {k: _per_key_cumsum(self.key, v[order].astype(np.float64)) for k, v in values.items()}
 
     def bounds(self, qkey: np.ndarray, lo_ts: np.ndarray, hi_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Sorted positions ``[lo, hi)`` of the rows with key ``qkey`` and ``lo_ts <= ts < hi_ts``."""
@@ -96,10 +118,114 @@ class _Index:
         return out
 
 
-def _codes(reference: pd.Series, queries: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    codes, _ = pd.factorize(pd.concat([reference.astype(str), queries.astype(str)], ignore_index=True))
+def _codes(reference: Sequence[Any], queries: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes of string keys, shared by both sides (a dict for a handful, pandas for many)."""
+    if len(reference) + len(queries) <= _SMALL:
+        table: dict[str, int] = {}
+        ref = np.fromiter((table.setdefault(str(k), len(table)) for k in reference), np.int64, len(reference))
+        qry = np.fromiter((table.setdefault(str(k), len(table)) for k in queries), np.int64, len(queries))
+        return ref, qry
+    codes, _ = pd.factorize(pd.concat([pd.Series(reference, dtype=object).astype(str),
+                                       pd.Series(queries, dtype=object).astype(str)], ignore_index=True))
     codes = codes.astype(np.int64)
     return codes[: len(reference)], codes[len(reference):]
+
+
+class Rows(NamedTuple):
+    """Transactions as columns: epoch seconds, customer and terminal ids, amounts, labels (NaN = unknown)."""
+
+    ts: np.ndarray
+    customer: Sequence[Any]
+    terminal: Sequence[Any]
+    amount: np.ndarray
+    label: np.ndarray
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> Rows:
+        """Columns of a canonical frame (``is_fraud`` optional)."""
+        n = len(frame)
+        label = (pd.to_numeric(frame[LABEL], errors="coerce").to_numpy(np.float64) if LABEL in frame.columns
+                 else np.full(n, np.nan))
+        return cls(_seconds(frame["tx_datetime"]) if n else np.zeros(0, np.int64),
+                   frame["customer_id"].to_numpy(), frame["terminal_id"].to_numpy(),
+                   frame["amount"].to_numpy(np.float64), label)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Rows]) -> Rows:
+        """The rows of ``parts``, one after the other."""
+        return cls(np.concatenate([r.ts for r in parts]).astype(np.int64),
+                   np.concatenate([np.asarray(r.customer, dtype=object) for r in parts]),
+                   np.concatenate([np.asarray(r.terminal, dtype=object) for r in parts]),
+                   np.concatenate([r.amount for r in parts]).astype(np.float64),
+                   np.concatenate([r.label for r in parts]).astype(np.float64))
+
+
+def feature_values(reference: Rows, queries: Rows, hour: np.ndarray, weekday: np.ndarray, p: FeatureParams
+                   ) -> np.ndarray:
+    """The feature matrix (float64, :data:`FEATURE_COLUMNS` order) of ``queries`` given the past in ``reference``.
+
+    The one implementation of the definitions: batch mode and online mode both end here. Rows of
+    ``reference`` at or after a query's second are ignored; unknown labels count as not fraud.
+    """
+    q_ts, r_ts, amount = queries.ts, reference.ts, queries.amount
+    nq = len(q_ts)
+    start, end = p.night_hours
+    feats: dict[str, np.ndarray] = {
+        "amount": amount, "log_amount": np.log1p(amount), "hour": hour.astype(np.float64),
+        "weekday": weekday.astype(np.float64), "is_night": ((hour >= start) & (hour < end)).astype(np.float64),
+        "is_weekend": (weekday >= 5).astype(np.float64)}
+
+    r_cust, q_cust = _codes(reference.customer, queries.customer)
+    r_amount = reference.amount
+    cust = _Index(r_cust, r_ts, {"amount": r_amount, "amount2": r_amount ** 2}, q_cust)
+    # All windows at once: row i of a (windows x queries) array is window i (fewer, larger numpy calls).
+    windows = np.asarray(CUSTOMER_WINDOWS_DAYS, np.int64)[:, None] * DAY_S
+    keys = np.broadcast_to(q_cust, (len(windows), nq)).ravel()
+    lo, hi = cust.bounds(keys, (q_ts - windows).ravel(), np.broadcast_to(q_ts, (len(windows), nq)).ravel())
+    n = (hi - lo).astype(np.float64)
+    s1, s2 = cust.window_sum("amount", lo, hi), cust.window_sum("amount2", lo, hi)
+    mean = np.divide(s1, n, out=np.zeros_like(s1), where=n > 0)
+    var = np.divide(s2, n, out=np.zeros_like(s2), where=n > 0) - mean ** 2
+    # Running sums leave ~1e-12 of noise in a variance; below that it is zero (sqrt would magnify it).
+    var = np.where((n >= 2) & (var > 1e-10 * np.maximum(mean ** 2, 1.0)), var, 0.0)
+    n, mean, std = n.reshape(-1, nq), mean.reshape(-1, nq), np.sqrt(var).reshape(-1, nq)
+    for i, w in enumerate(CUSTOMER_WINDOWS_DAYS):
+        feats[f"customer_count_{w}d"] = n[i]
+        feats[f"customer_mean_amount_{w}d"] = mean[i]
+        feats[f"customer_std_amount_{w}d"] = std[i]
+    mean_long = mean[int(np.argmax(CUSTOMER_WINDOWS_DAYS))]
+    feats["amount_to_customer_mean"] = np.divide(amount, mean_long, out=np.full(nq, NO_HISTORY), where=mean_long > 0)
+    prev = np.searchsorted(cust.combined, q_cust * _SHIFT + q_ts, side="left") - 1
+    has_prev = (prev >= 0) & (cust.key[np.maximum(prev, 0)] == q_cust) if cust.n else np.zeros(nq, bool)
+    feats["seconds_since_previous"] = np.where(
+        has_prev, q_ts - (cust.ts[np.maximum(prev, 0)] if cust.n else 0), NO_HISTORY).astype(np.float64)
+    lo, hi = cust.bounds(q_cust, q_ts - p.burst_window_seconds, q_ts)
+    feats["customer_count_burst"] = (hi - lo).astype(np.float64)
+
+    r_term, q_term = _codes(reference.terminal, queries.terminal)
+    # A (customer, terminal) pair as one integer, then renumbered densely (key * 2**33 must fit in int64).
+    width = np.int64(max(int(r_term.max(initial=-1)), int(q_term.max(initial=-1))) + 1)
+    _, pairs = np.unique(np.concatenate([r_cust * width + r_term, q_cust * width + q_term]), return_inverse=True)
+    pairs = pairs.astype(np.int64)
+    pair = _Index(pairs[: len(r_ts)], r_ts, {}, pairs[len(r_ts):])
+    lo, hi = pair.bounds(pairs[len(r_ts):], q_ts - p.new_terminal_days * DAY_S, q_ts)
+    feats["terminal_new_to_customer"] = (hi == lo).astype(np.float64)
+
+    term = _Index(r_term, r_ts, {"fraud": np.nan_to_num(reference.label, nan=0.0)}, q_term)
+    delay = p.label_delay_days * DAY_S
+    windows = np.asarray(TERMINAL_WINDOWS_DAYS, np.int64)[:, None] * DAY_S
+    keys = np.broadcast_to(q_term, (len(windows), nq)).ravel()
+    lo, hi = term.bounds(keys, (q_ts - delay - windows).ravel(),
+                         np.broadcast_to(q_ts - delay, (len(windows), nq)).ravel())
+    n = (hi - lo).astype(np.float64)
+    rate = np.divide(term.window_sum("fraud", lo, hi), n, out=np.zeros_like(n), where=n > 0)
+    n, rate = n.reshape(-1, nq), rate.reshape(-1, nq)
+    for i, w in enumerate(TERMINAL_WINDOWS_DAYS):
+        feats[f"terminal_count_{w}d"] = n[i]
+        feats[f"terminal_fraud_rate_{w}d"] = rate[i]
+    lo, hi = term.bounds(q_term, q_ts - DAY_S, q_ts)
+    feats["terminal_count_recent_1d"] = (hi - lo).astype(np.float64)
+    return np.column_stack([feats[c] for c in FEATURE_COLUMNS]) if nq else np.zeros((0, len(FEATURE_COLUMNS)))
 
 
 def compute_features(reference: pd.DataFrame, queries: pd.DataFrame, p: FeatureParams) -> pd.DataFrame:
@@ -107,78 +233,17 @@ def compute_features(reference: pd.DataFrame, queries: pd.DataFrame, p: FeatureP
 
     ``reference`` needs ``tx_datetime, customer_id, terminal_id, amount`` and ``is_fraud`` (missing or NaN
     labels count as not fraud); ``queries`` needs the key columns and ``amount``. Returns the key columns,
-    the features in :func:`feature_columns` order and the label when ``queries`` has one, in query order.
+    the features in :data:`FEATURE_COLUMNS` order and the label when ``queries`` has one, in query order.
     """
-    q_ts = _seconds(queries["tx_datetime"])
-    r_ts = _seconds(reference["tx_datetime"]) if len(reference) else np.zeros(0, np.int64)
-    amount = queries["amount"].to_numpy(np.float64)
-    r_amount = reference["amount"].to_numpy(np.float64) if len(reference) else np.zeros(0)
-    r_label = (pd.to_numeric(reference[LABEL], errors="coerce").fillna(0).to_numpy(np.float64)
-               if LABEL in reference.columns and len(reference) else np.zeros(len(reference)))
-    out = queries[KEY_COLUMNS].copy()
-    out = out.assign(**_transaction_features(queries, amount, p))
-
-    r_cust, q_cust = _codes(reference["customer_id"] if len(reference) else pd.Series([], dtype=str),
-                            queries["customer_id"])
-    cust = _Index(r_cust, r_ts, {"n": np.ones(len(r_ts)), "amount": r_amount, "amount2": r_amount ** 2})
-    feats: dict[str, np.ndarray] = {}
-    mean_long = np.zeros(len(queries))
-    for w in CUSTOMER_WINDOWS_DAYS:
-        lo, hi = cust.bounds(q_cust, q_ts - w * DAY_S, q_ts)
-        n = (hi - lo).astype(np.float64)
-        s1, s2 = cust.window_sum("amount", lo, hi), cust.window_sum("amount2", lo, hi)
-        mean = np.divide(s1, n, out=np.zeros_like(s1), where=n > 0)
-        var = np.divide(s2, n, out=np.zeros_like(s2), where=n > 0) - mean ** 2
-        # Running sums leave ~1e-12 of noise in a variance; below that it is zero (sqrt would magnify it).
-        var = np.where((n >= 2) & (var > 1e-10 * np.maximum(mean ** 2, 1.0)), var, 0.0)
-        feats[f"customer_count_{w}d"] = n
-        feats[f"customer_mean_amount_{w}d"] = mean
-        feats[f"customer_std_amount_{w}d"] = np.sqrt(np.clip(var, 0.0, None))
-        mean_long = mean  # the windows grow: the last is the longest
-    feats["amount_to_customer_mean"] = np.divide(amount, mean_long, out=np.full(len(amount), NO_HISTORY),
-                                                 where=mean_long > 0)
-    prev = np.searchsorted(cust.combined, q_cust * _SHIFT + q_ts, side="left") - 1
-    has_prev = (prev >= 0) & (cust.key[np.maximum(prev, 0)] == q_cust) if cust.n else np.zeros(len(q_ts), bool)
-    feats["seconds_since_previous"] = np.where(
-        has_prev, q_ts - (cust.ts[np.maximum(prev, 0)] if cust.n else 0), NO_HISTORY).astype(np.float64)
-    lo, hi = cust.bounds(q_cust, q_ts - p.burst_window_seconds, q_ts)
-    feats["customer_count_burst"] = (hi - lo).astype(np.float64)
-
-    r_pair, q_pair = _codes(reference["customer_id"].astype(str) + "\x1f" + reference["terminal_id"].astype(str)
-                            if len(reference) else pd.Series([], dtype=str),
-                            queries["customer_id"].astype(str) + "\x1f" + queries["terminal_id"].astype(str))
-    pair = _Index(r_pair, r_ts, {})
-    lo, hi = pair.bounds(q_pair, q_ts - p.new_terminal_days * DAY_S, q_ts)
-    feats["terminal_new_to_customer"] = (hi == lo).astype(np.float64)
-
-    r_term, q_term = _codes(reference["terminal_id"] if len(reference) else pd.Series([], dtype=str),
-                            queries["terminal_id"])
-    term = _Index(r_term, r_ts, {"fraud": r_label})
-    delay = p.label_delay_days * DAY_S
-    for w in TERMINAL_WINDOWS_DAYS:
-        lo, hi = term.bounds(q_term, q_ts - delay - w * DAY_S, q_ts - delay)
-        n = (hi - lo).astype(np.float64)
-        frauds = term.window_sum("fraud", lo, hi)
-        feats[f"terminal_count_{w}d"] = n
-        feats[f"terminal_fraud_rate_{w}d"] = np.divide(frauds, n, out=np.zeros_like(n), where=n > 0)
-    lo, hi = term.bounds(q_term, q_ts - DAY_S, q_ts)
-    feats["terminal_count_recent_1d"] = (hi - lo).astype(np.float64)
-
-    out = out.assign(**feats)
-    out = out[[*KEY_COLUMNS, *FEATURE_COLUMNS]]
+    when = pd.to_datetime(queries["tx_datetime"], utc=True)
+    values = feature_values(Rows.from_frame(reference), Rows.from_frame(queries),
+                            when.dt.hour.to_numpy(), when.dt.weekday.to_numpy(), p)
+    out = pd.concat([queries[KEY_COLUMNS].reset_index(drop=True),
+                     pd.DataFrame(values, columns=FEATURE_COLUMNS)], axis=1)
+    out.index = queries.index
     if LABEL in queries.columns:
         out[LABEL] = queries[LABEL].astype("int8").to_numpy()
     return out
-
-
-def _transaction_features(frame: pd.DataFrame, amount: np.ndarray, p: FeatureParams) -> dict[str, Any]:
-    ts = pd.to_datetime(frame["tx_datetime"], utc=True)
-    hour = ts.dt.hour.to_numpy()
-    weekday = ts.dt.weekday.to_numpy()
-    start, end = p.night_hours
-    return {"amount": amount, "log_amount": np.log1p(amount), "hour": hour.astype(np.float64),
-            "weekday": weekday.astype(np.float64), "is_night": ((hour >= start) & (hour < end)).astype(np.float64),
-            "is_weekend": (weekday >= 5).astype(np.float64)}
 
 
 def build_features(transactions: pd.DataFrame, p: FeatureParams, history: pd.DataFrame | None = None
@@ -197,7 +262,7 @@ def build_features(transactions: pd.DataFrame, p: FeatureParams, history: pd.Dat
 
 def online_features(transactions: Sequence[Mapping[str, Any]], p: FeatureParams,
                     history: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Online mode: features of incoming transactions (no label) given the past rows a store returned.
+    """Online mode as a frame: features of incoming transactions (no label) given past rows from a store.
 
     The incoming rows' own earlier members count as past too, as in batch mode; with no ``history`` the
     customer and terminal features are those of a first-ever transaction.
@@ -205,6 +270,29 @@ def online_features(transactions: Sequence[Mapping[str, Any]], p: FeatureParams,
     frame = pd.DataFrame.from_records(list(transactions), columns=[*KEY_COLUMNS, "amount"])
     reference = pd.concat([history, frame], ignore_index=True) if history is not None and len(history) else frame
     return compute_features(reference, frame, p)
+
+
+def timestamp_parts(value: Any) -> tuple[int, int, int]:
+    """Epoch seconds (floored, as batch mode floors nanoseconds), UTC hour and weekday of a timestamp."""
+    when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return (when - _EPOCH) // _SECOND, when.hour, when.weekday()
+
+
+def online_matrix(transactions: Sequence[Mapping[str, Any]], history: Rows, p: FeatureParams) -> np.ndarray:
+    """Online mode without pandas: the matrix of incoming transactions given the past ``history`` rows.
+
+    Same definitions and same numbers as :func:`online_features` (it calls :func:`feature_values` too);
+    this is the serving path, where a pandas frame would cost more than the features themselves.
+    """
+    parsed = [timestamp_parts(tx["tx_datetime"]) for tx in transactions]
+    n = len(transactions)
+    incoming = Rows(np.fromiter((t[0] for t in parsed), np.int64, n),
+                    [tx["customer_id"] for tx in transactions], [tx["terminal_id"] for tx in transactions],
+                    np.fromiter((float(tx["amount"]) for tx in transactions), np.float64, n), np.full(n, np.nan))
+    reference = Rows.concat([history, incoming]) if len(history.ts) else incoming
+    return feature_values(reference, incoming, np.fromiter((t[1] for t in parsed), np.int64, n),
+                          np.fromiter((t[2] for t in parsed), np.int64, n), p)
 
 
 def lookback_days(p: FeatureParams) -> int:

@@ -249,7 +249,7 @@ def test_batch_endpoint_equals_batch_mode_and_remembers_rows(http: httpx.Client,
                         ignore_index=True)
     batch = predict(served.booster, build_features(march, served.features, history=history))
     np.testing.assert_allclose([s["fraud_probability"] for s in response.json()["scores"]], batch, atol=1e-6)
-    stored = SqliteTransactionStore(served.store_path).history(
+    stored = SqliteTransactionStore(served.store_path).history_frame(
         [r["customer_id"] for r in requests], [], 0, 2**40)
     assert set(r["transaction_id"] for r in requests) <= set(stored["transaction_id"])
 
