@@ -6,7 +6,7 @@ and ``dvc repro`` run it, beside a reference measured in the same run on the sam
 customer), the textbook way. Peak RSS of this process is reported (the simulated months included).
 
 Online (serving): :class:`fraud_assets.store.OnlineFeatures` on single transactions of the following month
-against a SQLite store holding the 6 months, read only (as the service's provider), beside the floor it
+against a SQLite store holding the 6 months, read only, through ``matrix`` (the serving path), beside the floor it
 cannot beat: the indexed SQLite reads of the same customers' and terminals' history alone.
 
 Usage::
@@ -104,12 +104,12 @@ def main() -> None:
                      "customer_id": r.customer_id, "terminal_id": r.terminal_id, "amount": float(r.amount)}
                     for r in sample.itertuples()]
         for tx in requests[:50]:  # warm the page cache and pandas' code paths
-            online([tx])
+            online.matrix([tx])
         t_online, t_read = [], []
         lookback = lookback_days(base.features) * DAY_S
         for tx in requests:
             t0 = time.perf_counter()
-            online([tx])
+            online.matrix([tx])
             t_online.append(time.perf_counter() - t0)
             ts = int(pd.Timestamp(tx["tx_datetime"]).timestamp())
             t0 = time.perf_counter()
