@@ -5,7 +5,8 @@ registers it in a temporary MLflow store, and measures, all on 127.0.0.1:
 
 - raw ``inplace_predict``: one row, and a 10,000-row batch (the floor: no features, no HTTP);
 - a bare FastAPI + uvicorn app (one process, started as a subprocess) scoring with the same
-  :class:`~serving.predictor.Predictor` (features, probability, reasons), without auth, logging or batching;
+  :class:`~serving.predictor.Predictor` and online store (features from the customer's and terminal's
+  history, probability, reasons), without auth, logging or batching;
 - our service (Ray Serve, API key, prediction log, metrics): p50/p99 at 1 connection, throughput and
   p99 at 16 keep-alive connections, rows/s through ``/predict/batch``.
 
@@ -33,8 +34,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TX = {"transaction_id": "bench-1", "tx_datetime": "2025-03-14T02:15:00+00:00", "customer_id": "c-17",
-      "terminal_id": "k-3", "amount": 231.4}
+# A transaction of a customer and terminal with history in the seeded store (set from the data in _train).
+TX = {"transaction_id": "bench-1", "tx_datetime": "2025-04-01T09:15:00+00:00", "customer_id": "",
+      "terminal_id": "", "amount": 231.4}
 BATCH_ROWS = 10_000
 
 
@@ -45,15 +47,26 @@ def _free_port() -> int:
 
 
 def _train(tmp: Path) -> tuple[object, Path]:
+    """A model on three simulated months, and an online store holding them (``tmp/store.sqlite``)."""
+    import pandas as pd
+
     from fraud_assets.core.features import build_features
     from fraud_assets.core.simulate import simulate_months
     from fraud_assets.core.split import split_by_time
     from fraud_assets.core.train import save_model, train_model
     from fraud_assets.params import load_params
+    from fraud_assets.store import SqliteTransactionStore
 
     params = load_params()
     months = simulate_months(params.data, "2025-01", 3)
-    features = {m: build_features(frame, params.features) for m, frame in months.items()}
+    features, previous = {}, None
+    for m, frame in months.items():
+        features[m] = build_features(frame, params.features, history=previous)
+        previous = frame
+    SqliteTransactionStore(tmp / "store.sqlite").seed(pd.concat(list(months.values()), ignore_index=True))
+    someone = months["2025-03"]["customer_id"].value_counts().index[len(months["2025-03"]) % 97]
+    last = months["2025-03"][months["2025-03"]["customer_id"] == someone].iloc[-1]
+    TX.update(customer_id=str(last["customer_id"]), terminal_id=str(last["terminal_id"]))
     split = split_by_time(features, "2025-03", params.split)
     booster = train_model(split.train, split.valid, params.train)
     booster.set_param({"nthread": 1})
@@ -135,7 +148,7 @@ def bench_http(port: int, key: str | None, n: int) -> dict[str, float]:
             "batch_rows_s": 5 * BATCH_ROWS / wallb, "errors": err1 + err16 + errb}
 
 
-def bare_server(model: str, port: int) -> None:
+def bare_server(model: str, port: int, store: str) -> None:
     """The baseline: one uvicorn process, FastAPI, the same Predictor, nothing else."""
     import uvicorn
     from fastapi import FastAPI, Request, Response
@@ -143,10 +156,13 @@ def bare_server(model: str, port: int) -> None:
     from fraud_assets.core.train import load_model
     from fraud_assets.params import load_params
     from fraud_assets.registry import LoadedModel
+    from fraud_assets.store import OnlineFeatures, SqliteTransactionStore
     from serving.api import TRANSACTION, TRANSACTION_BATCH
     from serving.predictor import Predictor
 
-    predictor = Predictor(LoadedModel("1", load_model(model, n_threads=1), 0.5, {}), load_params().features)
+    features = load_params().features
+    provider = OnlineFeatures(SqliteTransactionStore(store), features)  # reads and remembers, like ours
+    predictor = Predictor(LoadedModel("1", load_model(model, n_threads=1), 0.5, {}), features, provider)
     app = FastAPI()
 
     @app.post("/predict")
@@ -180,9 +196,18 @@ def _wait(port: int, path: str, timeout_s: float = 60) -> None:
     raise TimeoutError(f"127.0.0.1:{port}{path} did not answer within {timeout_s} s")
 
 
-def _bare(model: Path, n: int) -> dict[str, float]:
+def _store_copy(tmp: Path, name: str) -> Path:
+    """A copy of the seeded store, so each server starts from the same state."""
+    import shutil
+
+    shutil.copyfile(tmp / "store.sqlite", tmp / name)
+    return tmp / name
+
+
+def _bare(tmp: Path, model: Path, n: int) -> dict[str, float]:
     port = _free_port()
-    bare = subprocess.Popen([sys.executable, __file__, "--bare-server", str(model), str(port)])
+    bare = subprocess.Popen([sys.executable, __file__, "--bare-server", str(model), str(port),
+                             str(_store_copy(tmp, "bare-store.sqlite"))])
     try:
         _wait(port, "/health")
         return bench_http(port, None, n)
@@ -205,7 +230,8 @@ def _ours(tmp: Path, booster: object, n: int, params: str | None) -> dict[str, f
     os.environ["FRAUD_API_KEY"] = key
     port = _free_port()
     start_serving(tracking_uri=uri, port=port,
-                  args=AppArgs(prediction_log=str(tmp / "predictions.sqlite"), params_path=params))
+                  args=AppArgs(prediction_log=str(tmp / "predictions.sqlite"), params_path=params,
+                               online_store=str(_store_copy(tmp, "our-store.sqlite"))))
     try:
         return bench_http(port, key, n)
     finally:
@@ -232,10 +258,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500, help="requests at 1 connection (x4 at 16)")
     parser.add_argument("--params", help="a params.yaml to serve with (default: the project's)")
     parser.add_argument("--skip-bare", action="store_true", help="measure only our service")
-    parser.add_argument("--bare-server", nargs=2, metavar=("MODEL", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--bare-server", nargs=3, metavar=("MODEL", "PORT", "STORE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
-        bare_server(args.bare_server[0], int(args.bare_server[1]))
+        bare_server(args.bare_server[0], int(args.bare_server[1]), args.bare_server[2])
         return
     from fraud_assets.settings import disable_telemetry
 
@@ -247,7 +273,7 @@ def main() -> None:
         raw = bench_raw(booster)
         print(f"raw inplace_predict: one row {raw['row_ms'] * 1000:.0f} µs; {BATCH_ROWS} rows {raw['batch_ms']:.1f} ms "
               f"({raw['batch_rows_s']:,.0f} rows/s)")
-        base = None if args.skip_bare else _bare(model, args.requests)
+        base = None if args.skip_bare else _bare(tmp, model, args.requests)
         ours = _ours(tmp, booster, args.requests, args.params)
     if base is None:
         print(ours)

@@ -63,6 +63,9 @@ class TransactionStore(Protocol):
         ...
 
 
+_FEW_KEYS = 500  # above this many distinct keys a history read goes in chunks (SQLite's bound-parameter cap)
+
+
 def _epoch_s(values: Any) -> pd.Series:
     return pd.to_datetime(pd.Series(values), utc=True).astype("int64") // 1_000_000_000
 
@@ -89,6 +92,8 @@ class SqliteTransactionStore:
     def history(self, customers: Sequence[str], terminals: Sequence[str], since_s: int, until_s: int) -> Rows:
         """Rows of these customers or terminals in ``[since_s, until_s)``, each once (two index range scans)."""
         cs, ts = list(dict.fromkeys(map(str, customers))), list(dict.fromkeys(map(str, terminals)))
+        if len(cs) + len(ts) > _FEW_KEYS:
+            return self._history_many(cs, ts, since_s, until_s)
         in_c, in_t = ",".join("?" * len(cs)), ",".join("?" * len(ts))
         # The terminals' rows of other customers only, so a row of both sides comes once (UNION ALL, no sort).
         sql = (f"SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
@@ -96,6 +101,21 @@ class SqliteTransactionStore:
                f"SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
                f"WHERE terminal_id IN ({in_t}) AND ts >= ? AND ts < ? AND customer_id NOT IN ({in_c})")
         records = self._connect().execute(sql, [*cs, since_s, until_s, *ts, since_s, until_s, *cs]).fetchall()
+        return _rows(records)
+
+    def _history_many(self, cs: list[str], ts: list[str], since_s: int, until_s: int) -> Rows:
+        """:meth:`history` for a large batch: key lists in chunks (SQLite caps bound parameters), then each row once."""
+        conn, seen, records = self._connect(), set(), []
+        for column, keys in (("customer_id", cs), ("terminal_id", ts)):
+            for i in range(0, len(keys), _FEW_KEYS):
+                chunk = keys[i:i + _FEW_KEYS]
+                for row in conn.execute(
+                        f"SELECT transaction_id, ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
+                        f"WHERE {column} IN ({','.join('?' * len(chunk))}) AND ts >= ? AND ts < ?",
+                        [*chunk, since_s, until_s]):
+                    if row[0] not in seen:
+                        seen.add(row[0])
+                        records.append(row[1:])
         return _rows(records)
 
     def history_frame(self, customers: Sequence[str], terminals: Sequence[str], since_s: int, until_s: int

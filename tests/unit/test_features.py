@@ -168,3 +168,25 @@ def test_store_replay_matches_batch_and_serves_other_processes(months: dict[str,
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "online.sqlite")], capture_output=True,
                          text=True, check=True)
     assert int(out.stdout) == store.count()
+
+
+def test_a_large_batch_through_the_store_matches_batch_mode(months: dict[str, pd.DataFrame], tmp_path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many keys in one call: the store reads them in chunks and still returns each row once."""
+    from fraud_assets import store as store_module
+    from fraud_assets.store import OnlineFeatures, SqliteTransactionStore
+
+    monkeypatch.setattr(store_module, "_FEW_KEYS", 10)  # this small population has about a hundred customers
+
+    history, month = months["2025-01"], months["2025-02"]
+    store = SqliteTransactionStore(tmp_path / "online.sqlite")
+    store.seed(history)
+    first_day = month[month["tx_datetime"] < month["tx_datetime"].min() + pd.Timedelta(days=1)]
+    assert first_day["customer_id"].nunique() > 2 * store_module._FEW_KEYS  # the chunked read is exercised
+    txs = first_day[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount"]].to_dict("records")
+    got = OnlineFeatures(store, F, remember=False).matrix(txs)
+    # Labels of the same day are inside the delay, so batch mode may see them and still must agree.
+    expected = build_features(first_day, F, history=history)[FEATURE_COLUMNS].to_numpy(np.float64)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+    few = OnlineFeatures(store, F, remember=False).matrix(txs[:50])
+    np.testing.assert_allclose(few, expected[:50], rtol=0, atol=1e-9)
