@@ -52,7 +52,7 @@ def test_batch_equals_rows_one_by_one(predictor: Predictor) -> None:
     txs = [_tx(i, float(a)) for i, a in enumerate(range(0, 300, 7))]
     batch = predictor.probabilities(txs)
     single = [predictor.probabilities([tx])[0] for tx in txs]
-    np.testing.assert_allclose(batch, single, atol=1e-7)
+    assert len(batch) == len(txs) and np.allclose(batch, single, rtol=0, atol=1e-7)
 
 
 def test_empty_batch_scores_nothing(predictor: Predictor) -> None:

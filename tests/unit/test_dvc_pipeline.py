@@ -40,8 +40,9 @@ def test_stage_deps_exist_or_are_pipeline_outputs(stage: str) -> None:
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_params_are_keys_of_params_yaml(stage: str) -> None:
-    for key in STAGES[stage].get("params", []):
-        _lookup(key)
+    keys = STAGES[stage].get("params", [])
+    for key in keys:
+        assert _lookup(key) is not None, f"{stage}: params key {key} is not in params.yaml"
 
 
 def test_evaluation_is_a_metric_kept_in_git() -> None:

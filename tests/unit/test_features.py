@@ -86,8 +86,10 @@ def test_batch_matches_the_naive_definitions(months: dict[str, pd.DataFrame]) ->
     frame = pd.concat(months.values(), ignore_index=True)
     batch = build_features(frame, F)
     naive = _naive(frame)
+    assert len(naive.columns) > 10
     for col in naive.columns:
-        np.testing.assert_allclose(batch[col].to_numpy(), naive[col].to_numpy(), rtol=0, atol=1e-9, err_msg=col)
+        gap = np.abs(batch[col].to_numpy() - naive[col].to_numpy()).max()
+        assert gap <= 1e-9, f"{col}: batch differs from the naive definition by {gap}"
 
 
 def test_online_replay_matches_batch(months: dict[str, pd.DataFrame]) -> None:
@@ -98,8 +100,8 @@ def test_online_replay_matches_batch(months: dict[str, pd.DataFrame]) -> None:
         incoming = {k: row[k] for k in ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount")}
         online = online_features([incoming], F, history=past).iloc[0]
         expected = batch.loc[row["transaction_id"], FEATURE_COLUMNS].to_numpy(np.float64)
-        np.testing.assert_allclose(online[FEATURE_COLUMNS].to_numpy(np.float64), expected, rtol=0, atol=1e-9,
-                                   err_msg=f"row {i}")
+        gap = np.abs(online[FEATURE_COLUMNS].to_numpy(np.float64) - expected).max()
+        assert gap <= 1e-9, f"row {i}: online differs from batch by {gap}"
         past = pd.concat([past, month.iloc[[i]]], ignore_index=True)
 
 
@@ -109,8 +111,10 @@ def test_later_transactions_change_no_earlier_feature(months: dict[str, pd.DataF
     early = month[month["tx_datetime"] < cut]
     alone = build_features(early, F, history=months["2025-01"])
     with_future = build_features(month, F, history=months["2025-01"]).set_index("transaction_id")
-    pd.testing.assert_frame_equal(alone.set_index("transaction_id")[FEATURE_COLUMNS],
-                                  with_future.loc[early["transaction_id"], FEATURE_COLUMNS])
+    assert 0 < len(early) < len(month)
+    a = alone.set_index("transaction_id")[FEATURE_COLUMNS].to_numpy()
+    b = with_future.loc[early["transaction_id"], FEATURE_COLUMNS].to_numpy()
+    assert np.abs(a - b).max() <= 1e-9
 
 
 def test_a_label_newer_than_the_delay_never_changes_a_terminal_feature(months: dict[str, pd.DataFrame]) -> None:
@@ -139,8 +143,8 @@ def test_no_history_means_a_first_transaction() -> None:
 def test_input_is_not_mutated(months: dict[str, pd.DataFrame]) -> None:
     month = months["2025-02"]
     before = month.copy()
-    compute_features(month, month, F)
-    pd.testing.assert_frame_equal(before, month)
+    out = compute_features(month, month, F)
+    assert len(out) == len(month) and before.equals(month)
 
 
 def test_store_replay_matches_batch_and_serves_other_processes(months: dict[str, pd.DataFrame], tmp_path) -> None:
