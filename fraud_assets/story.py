@@ -250,7 +250,7 @@ def _retrain_cell(t: dict[str, Any]) -> str:
     champ = t["champion_average_precision"]
     versus = f"{champ:.3f}" if champ is not None else "none"
     return (f"{t['trigger']}: v{t['challenger_version']} AUPRC {t['challenger_average_precision']:.3f} vs "
-            f"champion {versus} -> {'promoted' if t['promoted'] else 'kept'}")
+            f"champion {versus} -> {'promoted' if t['promoted'] else 'refused (' + t['reason'] + ')'}")
 
 
 def write_report(records: list[MonthRecord], out: Path) -> Path:
