@@ -134,6 +134,8 @@ class ServeParams(_Strict):
     reload_interval_s: float = Field(gt=0)
     max_batch_rows: int = Field(ge=1)
     max_body_bytes: int = Field(ge=1024)
+    direct_ingress: bool
+    direct_ingress_port: int = Field(ge=1024, le=65000)
 
 
 class MonitorParams(_Strict):

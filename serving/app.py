@@ -384,12 +384,15 @@ def start_serving(tracking_uri: str | None = None, host: str | None = None, port
     host, port = host or s.host, port or s.port
     for name, value in SERVE_TUNING.items():
         os.environ.setdefault(name, value)
+    if s.direct_ingress:  # read by Ray's controller and replicas, which inherit this environment
+        os.environ.update(_direct_ingress_env(s.direct_ingress_port))
     # Ray's workers inherit this process's environment (FRAUD_API_KEY included) on a local cluster.
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
-        base_url = f"http://{host}:{port}"
+        # With direct ingress the first replica answers on the first port of the range (the proxy is a detour).
+        base_url = f"http://{host}:{s.direct_ingress_port if s.direct_ingress else port}"
         wait_until_ready(base_url, timeout_s)
     except BaseException:
         stop_serving()
@@ -423,10 +426,17 @@ def _is_load_error(response: httpx.Response) -> bool:
     return response.json().get("status") == "error"
 
 
+def _direct_ingress_env(first_port: int) -> dict[str, str]:
+    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first_port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first_port + 100)}
+
+
 def stop_serving() -> None:
-    """Shut down Serve, then Ray (safe to call when either is not running)."""
+    """Shut down Serve, then Ray (safe to call when either is not running); forget direct-ingress mode."""
     import ray
 
     if ray.is_initialized():
         serve.shutdown()
     ray.shutdown()
+    for name in _direct_ingress_env(0):
+        os.environ.pop(name, None)

@@ -39,3 +39,17 @@ def test_openapi_lists_every_endpoint_and_every_ref_resolves() -> None:
     batch = doc["paths"]["/predict/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert batch["properties"]["transactions"]["items"]["required"] == [
         "transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount"]
+
+
+def test_stopping_forgets_direct_ingress_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Direct ingress is switched on through the environment Ray inherits; stopping switches it off again."""
+    import os
+
+    from serving.app import _direct_ingress_env, stop_serving
+
+    env = _direct_ingress_env(31000)
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "31000" and env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    stop_serving()  # Ray is not running here: only the environment changes
+    assert not set(env) & set(os.environ)
