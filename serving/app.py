@@ -38,6 +38,7 @@ models load inside replicas.
 """
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -323,6 +324,9 @@ class FraudScorer:
         except Exception as exc:  # retried every interval: a transient failure heals on its own
             raise RuntimeError(f"v{mv.version} refused: {type(exc).__name__}: {exc}") from exc
         self._predictor, self._error = candidate, None
+        # What is alive now (model, store connection, imported modules) lives as long as the replica: keep it out
+        # of the cyclic collector, whose full passes over it cost a 10,000-row batch up to 100 ms on this machine.
+        gc.freeze()
         self._metrics.model_info.clear()
         self._metrics.model_info.labels(self._model_name, self._alias, candidate.version).set(1)
         if candidate.version.isdigit():
