@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -79,6 +79,10 @@ class FeatureParams(_Strict):
     label_delay_days: int = Field(ge=0)
     new_terminal_days: int = Field(ge=1)
     burst_window_seconds: int = Field(ge=1)
+
+
+class OnlineStoreParams(_Strict):
+    retention_days: int = Field(ge=1)
 
 
 class SplitParams(_Strict):
@@ -153,12 +157,22 @@ class MonitorParams(_Strict):
 class Params(_Strict):
     data: DataParams
     features: FeatureParams
+    online_store: OnlineStoreParams
     split: SplitParams
     train: TrainParams
     evaluate: EvaluateParams
     promote: PromoteParams
     serve: ServeParams
     monitor: MonitorParams
+
+    @model_validator(mode="after")
+    def _store_keeps_what_features_read(self) -> Params:
+        from fraud_assets.core.features import lookback_days  # core imports this module: import late
+
+        if self.online_store.retention_days < lookback_days(self.features):
+            raise ValueError(f"online_store.retention_days ({self.online_store.retention_days}) must cover the "
+                             f"{lookback_days(self.features)} days of history the features read")
+        return self
 
     @field_validator("serve")
     @classmethod

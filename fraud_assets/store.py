@@ -62,6 +62,10 @@ class TransactionStore(Protocol):
         """Bulk-load labelled transactions (a validated snapshot); existing ids are replaced."""
         ...
 
+    def prune(self, before_s: int) -> int:
+        """Delete rows with ``ts < before_s`` (epoch seconds); return how many went."""
+        ...
+
 
 _FEW_KEYS = 500  # above this many distinct keys a history read goes in chunks (SQLite's bound-parameter cap)
 
@@ -165,6 +169,14 @@ class SqliteTransactionStore:
                              [(r[0], int(r[1]), r[2], r[3], float(r[4]), None if pd.isna(r[5]) else int(r[5]))
                               for r in data.itertuples(index=False)])
         return len(data)
+
+    def prune(self, before_s: int) -> int:
+        """Delete rows with ``ts < before_s`` (epoch seconds; uses the terminal index's time order); return how
+        many went."""
+        conn = self._connect()
+        with conn:
+            cur = conn.execute("DELETE FROM transactions WHERE ts < ?", (int(before_s),))
+        return cur.rowcount
 
     def count(self) -> int:
         """How many transactions the store holds."""

@@ -4,7 +4,7 @@
 import dagster as dg
 import pandas as pd
 
-from fraud_assets.core.features import FEATURE_COLUMNS, build_features
+from fraud_assets.core.features import DAY_S, FEATURE_COLUMNS, build_features
 from fraud_assets.params import Params
 from fraud_assets.resources import BY_PARTITION, OnlineStoreResource
 
@@ -34,9 +34,16 @@ def build_feature_assets(params: Params, partitions: dg.PartitionsDefinition) ->
     @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"sqlite"})
     def online_store(context: dg.AssetExecutionContext, validated_transactions: pd.DataFrame,
                      store: OnlineStoreResource) -> dg.MaterializeResult:
-        """The month's validated transactions, with labels, loaded into the online store serving reads."""
-        loaded = store.get().seed(validated_transactions)
-        return dg.MaterializeResult(metadata={"rows_loaded": loaded, "store_rows": store.get().count(),
-                                              "path": store.path})
+        """The month's validated transactions, with labels, loaded into the online store serving reads; rows
+        more than ``online_store.retention_days`` older than the month's last transaction are pruned (relative to
+        the month, so a backfill of an old month prunes less, never what later months read)."""
+        target = store.get()
+        loaded = target.seed(validated_transactions)
+        pruned = 0
+        if len(validated_transactions):
+            last = pd.Timestamp(validated_transactions["tx_datetime"].max())
+            pruned = target.prune(int(last.timestamp()) - params.online_store.retention_days * DAY_S)
+        return dg.MaterializeResult(metadata={"rows_loaded": loaded, "rows_pruned": pruned,
+                                              "store_rows": target.count(), "path": store.path})
 
     return [transaction_features, online_store]

@@ -194,3 +194,36 @@ def test_a_large_batch_through_the_store_matches_batch_mode(months: dict[str, pd
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
     few = OnlineFeatures(store, F, remember=False).matrix(txs[:50])
     np.testing.assert_allclose(few, expected[:50], rtol=0, atol=1e-9)
+
+
+def test_pruning_older_than_the_lookback_changes_no_new_feature(months: dict[str, pd.DataFrame],
+                                                                tmp_path) -> None:
+    from fraud_assets.core.features import lookback_days
+    from fraud_assets.store import OnlineFeatures, SqliteTransactionStore
+
+    history, month = months["2025-01"], months["2025-02"]
+    store = SqliteTransactionStore(tmp_path / "online.sqlite")
+    store.seed(pd.concat([history, month], ignore_index=True))
+    newest = pd.concat([history, month])["tx_datetime"].max()
+    # Transactions arriving after everything stored (what serving sees) with the customers and terminals of the
+    # month's last ones.
+    probe = month.tail(20)[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount"]]
+    txs = probe.assign(transaction_id=[f"late-{i}" for i in range(len(probe))],
+                       tx_datetime=newest + pd.Timedelta(minutes=1)).to_dict("records")
+    before = OnlineFeatures(store, F, remember=False).matrix(txs)
+    keep = lookback_days(F)
+    old = (pd.concat([history, month])["tx_datetime"] < newest - pd.Timedelta(days=keep)).sum()
+    cutoff = int(newest.timestamp()) - keep * DAY_S
+    assert old > 0 and store.prune(cutoff) == old
+    assert store.count() == len(history) + len(month) - old
+    after = OnlineFeatures(store, F, remember=False).matrix(txs)
+    # Nothing the features of the newest transactions read was pruned (running sums start later: 1e-9, not bits).
+    assert np.abs(before - after).max() <= 1e-9
+    assert store.prune(cutoff) == 0  # idempotent
+
+
+def test_retention_shorter_than_the_features_lookback_is_refused() -> None:
+    raw = P.model_dump(mode="json")
+    raw["online_store"]["retention_days"] = 10
+    with pytest.raises(ValueError, match=r"online_store.retention_days \(10\) must cover the 37 days"):
+        type(P).model_validate(raw)
