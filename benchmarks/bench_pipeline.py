@@ -67,7 +67,7 @@ def _simulate_and_pin(root: Path) -> list[str]:
 def plain(root: Path, months: list[str]) -> dict:
     """The retrain as one script over the core functions."""
     from fraud_assets.core.evaluate import choose_threshold_on, compare_on_holdout
-    from fraud_assets.core.features import build_features
+    from fraud_assets.core.features import build_features_by_month
     from fraud_assets.core.plots import evaluation_plots
     from fraud_assets.core.promote import decide_promotion
     from fraud_assets.core.split import split_by_time
@@ -77,10 +77,7 @@ def plain(root: Path, months: list[str]) -> dict:
 
     p = load_params(root / "params.yaml")
     valid = {m: validate_transactions(read_snapshot(root / p.data.dir / f"{m}.parquet"), m).valid for m in months}
-    features, previous = {}, None
-    for m in months:  # each month with the month before as history, as the asset graph does
-        features[m] = build_features(valid[m], p.features, history=previous)
-        previous = valid[m]
+    features = build_features_by_month(valid, p.features)  # as the asset graph computes them
     split = split_by_time(features, months[-1], p.split)
     booster, threshold = fit_challenger(split.train, split.valid, p.train, p.evaluate)
     baseline = train_baseline(split.train, p.train)

@@ -51,7 +51,7 @@ def _train(tmp: Path) -> tuple[object, Path]:
     """A model on three simulated months, and an online store holding them (``tmp/store.sqlite``)."""
     import pandas as pd
 
-    from fraud_assets.core.features import build_features
+    from fraud_assets.core.features import build_features_by_month
     from fraud_assets.core.simulate import simulate_months
     from fraud_assets.core.split import split_by_time
     from fraud_assets.core.train import save_model, train_model
@@ -60,10 +60,7 @@ def _train(tmp: Path) -> tuple[object, Path]:
 
     params = load_params()
     months = simulate_months(params.data, "2025-01", 3)
-    features, previous = {}, None
-    for m, frame in months.items():
-        features[m] = build_features(frame, params.features, history=previous)
-        previous = frame
+    features = build_features_by_month(months, params.features)
     SqliteTransactionStore(tmp / "store.sqlite").seed(pd.concat(list(months.values()), ignore_index=True))
     someone = months["2025-03"]["customer_id"].value_counts().index[len(months["2025-03"]) % 97]
     last = months["2025-03"][months["2025-03"]["customer_id"] == someone].iloc[-1]

@@ -261,6 +261,17 @@ def build_features(transactions: pd.DataFrame, p: FeatureParams, history: pd.Dat
     return compute_features(reference, transactions, p)
 
 
+def build_features_by_month(months: Mapping[str, pd.DataFrame], p: FeatureParams) -> dict[str, pd.DataFrame]:
+    """Batch mode over consecutive months (``YYYY-MM`` keys): each month with the month before it as history,
+    as the asset graph and ``dvc repro`` compute them."""
+    out: dict[str, pd.DataFrame] = {}
+    previous = None
+    for month in sorted(months):
+        out[month] = build_features(months[month], p, history=previous)
+        previous = months[month]
+    return out
+
+
 def online_features(transactions: Sequence[Mapping[str, Any]], p: FeatureParams,
                     history: pd.DataFrame | None = None) -> pd.DataFrame:
     """Online mode as a frame: features of incoming transactions (no label) given past rows from a store.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fraud_assets.core.features import build_features
+from fraud_assets.core.features import build_features_by_month
 from fraud_assets.params import FeatureParams
 from fraud_assets.stages import FEATURES, PREPARED, read_months, stage_params
 
@@ -13,10 +13,7 @@ def featurize(prepared_dir: Path, out_dir: Path, p: FeatureParams) -> dict[str, 
     """Build features for every month in ``prepared_dir`` into ``out_dir``; return rows per month."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = {}
-    previous = None
-    for month, frame in read_months(prepared_dir).items():  # oldest first: each month sees the one before
-        features = build_features(frame, p, history=previous)
-        previous = frame
+    for month, features in build_features_by_month(read_months(prepared_dir), p).items():
         features.to_parquet(out_dir / f"{month}.parquet", index=False)
         rows[month] = len(features)
     return rows

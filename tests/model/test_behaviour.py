@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fraud_assets.core.features import build_features
+from fraud_assets.core.features import build_features, build_features_by_month
 from fraud_assets.core.months import month_range
 from fraud_assets.core.simulate import simulate_months
 from fraud_assets.core.split import split_by_time
@@ -33,10 +33,7 @@ def trained() -> dict:
     params: Params = base.model_copy(update={"data": base.data.model_copy(update={"months": 8})})
     months = month_range(params.data.start_month, params.data.months)
     raw = simulate_months(params.data, params.data.start_month, params.data.months)
-    feats, previous = {}, None
-    for m in months:
-        feats[m] = build_features(raw[m], params.features, history=previous)
-        previous = raw[m]
+    feats = build_features_by_month(raw, params.features)
     split = split_by_time(feats, months[-1], params.split)
     booster, threshold = fit_challenger(split.train, split.valid, params.train, params.evaluate)
     return {"params": params, "booster": booster, "threshold": threshold, "raw": raw, "months": months,

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from fraud_assets import registry
-from fraud_assets.core.features import build_features
+from fraud_assets.core.features import build_features, build_features_by_month
 from fraud_assets.core.simulate import simulate_months
 from fraud_assets.core.split import split_by_time
 from fraud_assets.core.train import predict, train_model
@@ -57,10 +57,7 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("direct")
     params = load_params()
     months = simulate_months(params.data, "2025-01", 3)
-    features, previous = {}, None
-    for m, frame in months.items():
-        features[m] = build_features(frame, params.features, history=previous)
-        previous = frame
+    features = build_features_by_month(months, params.features)
     split = split_by_time(features, "2025-03", params.split)
     booster = train_model(split.train, split.valid, params.train)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"

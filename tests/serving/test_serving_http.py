@@ -25,7 +25,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from fraud_assets import registry
-from fraud_assets.core.features import FEATURE_COLUMNS, build_features
+from fraud_assets.core.features import FEATURE_COLUMNS, build_features, build_features_by_month
 from fraud_assets.core.simulate import simulate_months
 from fraud_assets.core.split import split_by_time
 from fraud_assets.core.train import predict, train_model
@@ -76,10 +76,7 @@ def _register(uri: str, artifact_root: str, booster: xgb.Booster, tags: dict[str
 
 def _trained_booster(months: dict[str, pd.DataFrame]) -> xgb.Booster:
     params = load_params()
-    features, previous = {}, None
-    for m, frame in months.items():
-        features[m] = build_features(frame, params.features, history=previous)
-        previous = frame
+    features = build_features_by_month(months, params.features)
     split = split_by_time(features, "2025-03", params.split)
     return train_model(split.train, split.valid, params.train)
 

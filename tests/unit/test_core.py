@@ -12,7 +12,13 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from fraud_assets.core.evaluate import card_precision_at_k, evaluate_scores, threshold_for_precision
-from fraud_assets.core.features import FEATURE_COLUMNS, build_features, feature_matrix, online_features
+from fraud_assets.core.features import (
+    FEATURE_COLUMNS,
+    build_features,
+    build_features_by_month,
+    feature_matrix,
+    online_features,
+)
 from fraud_assets.core.lineage import file_md5
 from fraud_assets.core.months import month_bounds, month_range, shift_month
 from fraud_assets.core.promote import decide_promotion
@@ -126,10 +132,7 @@ def test_features_do_not_mutate_input(month_frame: pd.DataFrame) -> None:
 @pytest.fixture(scope="module")
 def trained() -> dict:
     frames = simulate_months(P.data, "2025-01", 3)
-    feats, previous = {}, None
-    for m, f in frames.items():
-        feats[m] = build_features(f, P.features, history=previous)
-        previous = f
+    feats = build_features_by_month(frames, P.features)
     split = split_by_time(feats, "2025-03", P.split)
     booster, threshold = fit_challenger(split.train, split.valid, P.train, P.evaluate)
     scenario = split.holdout["transaction_id"].map(frames["2025-03"].set_index("transaction_id")["fraud_scenario"])

@@ -227,3 +227,14 @@ def test_retention_shorter_than_the_features_lookback_is_refused() -> None:
     raw["online_store"]["retention_days"] = 10
     with pytest.raises(ValueError, match=r"online_store.retention_days \(10\) must cover the 37 days"):
         type(P).model_validate(raw)
+
+
+def test_features_by_month_give_each_month_the_one_before_as_history(months: dict[str, pd.DataFrame]) -> None:
+    from fraud_assets.core.features import build_features_by_month
+
+    shuffled = {m: months[m] for m in sorted(months, reverse=True)}  # the order of the mapping does not matter
+    by_month = build_features_by_month(shuffled, F)
+    assert list(by_month) == sorted(months)
+    first, second = sorted(months)[:2]
+    assert by_month[first].equals(build_features(months[first], F))
+    assert by_month[second].equals(build_features(months[second], F, history=months[first]))
