@@ -47,7 +47,7 @@ def default_resources(root: Path) -> dict[str, Any]:
                                  artifact_root=settings.mlflow_artifact_root()),
         "io_manager": FrameIOManager(base_dir=str(settings.state_dir() / "assets")),
         "prediction_log": PredictionLogResource(path=str(settings.prediction_log_path())),
-        "store": OnlineStoreResource(path=str(settings.online_store_path())),
+        "store": OnlineStoreResource(path=settings.online_store_location()),
     }
 
 

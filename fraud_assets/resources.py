@@ -55,14 +55,15 @@ class MlflowResource(dg.ConfigurableResource):
 
 
 class OnlineStoreResource(dg.ConfigurableResource):
-    """The online store of past transactions that serving's features read (SQLite by default)."""
+    """The online store of past transactions that serving's features read: a SQLite path (the default) or a
+    ``postgresql://`` URL."""
 
     path: str
 
-    def get(self) -> "SqliteTransactionStore":  # noqa: F821 (imported lazily: no SQLite at import time)
-        from fraud_assets.store import SqliteTransactionStore
+    def get(self) -> "TransactionStore":  # noqa: F821 (imported lazily: nothing opened at import time)
+        from fraud_assets.store import open_store
 
-        return SqliteTransactionStore(self.path)
+        return open_store(self.path)
 
 
 class PredictionLogResource(dg.ConfigurableResource):

@@ -61,10 +61,13 @@ def prediction_log_path() -> Path:
     return Path(env).resolve() if env else state_dir() / "predictions.sqlite"
 
 
-def online_store_path() -> Path:
-    """The online store (SQLite): ``$FRAUD_ONLINE_STORE`` or ``online_store.sqlite`` in the state folder."""
+def online_store_location() -> str:
+    """The online store: ``$FRAUD_ONLINE_STORE`` (a ``postgresql://`` URL or a SQLite path), else
+    ``online_store.sqlite`` in the state folder."""
     env = os.environ.get("FRAUD_ONLINE_STORE")
-    return Path(env).resolve() if env else state_dir() / "online_store.sqlite"
+    if env and env.startswith(("postgresql://", "postgres://")):
+        return env
+    return str(Path(env).resolve() if env else state_dir() / "online_store.sqlite")
 
 
 def dvc_remote_dir() -> Path:

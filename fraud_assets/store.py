@@ -2,8 +2,10 @@
 
 :class:`TransactionStore` is the seam: the embedded default is :class:`SqliteTransactionStore`, a SQLite
 file in the state folder in WAL mode (many readers, such as Ray replicas and Dagster runs, and one writer
-at a time), indexed by (customer, time) and (terminal, time). A networked store (PostgreSQL, Redis)
-implements the same four methods. :class:`OnlineFeatures` turns incoming transactions into the model's
+at a time), indexed by (customer, time) and (terminal, time). :class:`PostgresTransactionStore` is the same
+table in PostgreSQL, for replicas on several machines; :func:`open_store` picks one from a location
+(``$FRAUD_ONLINE_STORE``: a path or a ``postgresql://`` URL). Another networked store (Redis, say) implements
+the six methods of the protocol. :class:`OnlineFeatures` turns incoming transactions into the model's
 features through :func:`fraud_assets.core.features.feature_values`, the function batch mode ends in.
 
 Labels: a transaction's ``is_fraud`` is what the snapshot said when the store was seeded, or what
@@ -64,6 +66,10 @@ class TransactionStore(Protocol):
 
     def prune(self, before_s: int) -> int:
         """Delete rows with ``ts < before_s`` (epoch seconds); return how many went."""
+        ...
+
+    def count(self) -> int:
+        """How many transactions the store holds."""
         ...
 
 
@@ -181,6 +187,94 @@ class SqliteTransactionStore:
     def count(self) -> int:
         """How many transactions the store holds."""
         return int(self._connect().execute("SELECT COUNT(*) FROM transactions").fetchone()[0])
+
+
+class PostgresTransactionStore:
+    """The networked store: the same table in PostgreSQL, for replicas on several machines (psycopg 3)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._local = threading.local()
+        with self._connect().transaction():
+            for statement in SCHEMA.replace("INTEGER NOT NULL", "BIGINT NOT NULL").replace(
+                    "amount REAL", "amount DOUBLE PRECISION").split(";"):
+                if statement.strip():
+                    self._connect().execute(statement)
+
+    def _connect(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            import psycopg  # only a PostgreSQL store needs the driver
+
+            conn = psycopg.connect(self.dsn, autocommit=True)
+            self._local.conn = conn
+        return conn
+
+    def history(self, customers: Sequence[str], terminals: Sequence[str], since_s: int, until_s: int) -> Rows:
+        """Rows of these customers or terminals in ``[since_s, until_s)``, each once (arrays: no parameter cap)."""
+        cs, ts = list(dict.fromkeys(map(str, customers))), list(dict.fromkeys(map(str, terminals)))
+        records = self._connect().execute(
+            "SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
+            "WHERE customer_id = ANY(%(cs)s) AND ts >= %(lo)s AND ts < %(hi)s UNION ALL "
+            "SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
+            "WHERE terminal_id = ANY(%(ts)s) AND ts >= %(lo)s AND ts < %(hi)s AND NOT customer_id = ANY(%(cs)s)",
+            {"cs": cs, "ts": ts, "lo": since_s, "hi": until_s}).fetchall()
+        return _rows(records)
+
+    def append(self, transactions: Sequence[Mapping[str, Any]]) -> int:
+        """Insert scored transactions without a label (ids already stored are kept as they are)."""
+        if not transactions:
+            return 0
+        rows = [(str(t["transaction_id"]), timestamp_parts(t["tx_datetime"])[0], str(t["customer_id"]),
+                 str(t["terminal_id"]), float(t["amount"])) for t in transactions]
+        with self._connect().transaction(), self._connect().cursor() as cur:
+            cur.executemany("INSERT INTO transactions (transaction_id, ts, customer_id, terminal_id, amount) "
+                            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (transaction_id) DO NOTHING", rows)
+            return cur.rowcount
+
+    def add_labels(self, labels: Sequence[Mapping[str, Any]]) -> int:
+        """Record late labels on stored transactions; return how many matched."""
+        if not labels:
+            return 0
+        with self._connect().transaction(), self._connect().cursor() as cur:
+            cur.executemany("UPDATE transactions SET is_fraud = %s WHERE transaction_id = %s",
+                            [(int(lb["is_fraud"]), str(lb["transaction_id"])) for lb in labels])
+            return cur.rowcount
+
+    def seed(self, frame: pd.DataFrame) -> int:
+        """Bulk-load a labelled frame with COPY into a staging table, then upsert (existing ids are replaced)."""
+        if frame.empty:
+            return 0
+        ts = _epoch_s(frame["tx_datetime"]).to_numpy()
+        labels = frame["is_fraud"] if "is_fraud" in frame else pd.Series([None] * len(frame))
+        conn = self._connect()
+        with conn.transaction():
+            conn.execute("CREATE TEMP TABLE staging (LIKE transactions) ON COMMIT DROP")
+            with conn.cursor().copy("COPY staging FROM STDIN") as copy:
+                for row in zip(frame["transaction_id"].astype(str), ts.tolist(), frame["customer_id"].astype(str),
+                               frame["terminal_id"].astype(str), frame["amount"].astype(float),
+                               labels.tolist(), strict=True):
+                    copy.write_row((*row[:5], None if pd.isna(row[5]) else int(row[5])))
+            conn.execute("INSERT INTO transactions SELECT * FROM staging ON CONFLICT (transaction_id) DO UPDATE SET "
+                         "ts = EXCLUDED.ts, customer_id = EXCLUDED.customer_id, terminal_id = EXCLUDED.terminal_id, "
+                         "amount = EXCLUDED.amount, is_fraud = EXCLUDED.is_fraud")
+        return len(frame)
+
+    def prune(self, before_s: int) -> int:
+        """Delete rows with ``ts < before_s``; return how many went."""
+        return self._connect().execute("DELETE FROM transactions WHERE ts < %s", (int(before_s),)).rowcount
+
+    def count(self) -> int:
+        """How many transactions the store holds."""
+        return int(self._connect().execute("SELECT COUNT(*) FROM transactions").fetchone()[0])
+
+
+def open_store(location: str | Path) -> TransactionStore:
+    """The store at ``location``: a ``postgresql://`` URL, or the path of a SQLite file."""
+    text = str(location)
+    if text.startswith(("postgresql://", "postgres://")):
+        return PostgresTransactionStore(text)
+    return SqliteTransactionStore(text)
 
 
 def _rows(records: list[tuple]) -> Rows:

@@ -56,8 +56,8 @@ from ray.serve import Application
 
 from fraud_assets import registry
 from fraud_assets.params import FeatureParams, load_params
-from fraud_assets.settings import disable_telemetry, mlflow_tracking_uri, online_store_path, prediction_log_path
-from fraud_assets.store import OnlineFeatures, SqliteTransactionStore, TransactionStore
+from fraud_assets.settings import disable_telemetry, mlflow_tracking_uri, online_store_location, prediction_log_path
+from fraud_assets.store import OnlineFeatures, TransactionStore, open_store
 from serving.api import (
     LABEL_BATCH,
     TRANSACTION,
@@ -200,7 +200,7 @@ class FraudScorer:
         self._features = FeatureParams.model_validate(features)
         self._reload_interval_s = reload_interval_s
         self._log = PredictionLog(prediction_log, on_drop=self._metrics.log_dropped.inc)
-        self._store: TransactionStore = SqliteTransactionStore(online_store)
+        self._store: TransactionStore = open_store(online_store)
         self._label_sinks: list[LabelSink] = [self._log, _StoreLabels(self._store)]
         self._predictor: Predictor | None = None
         self._error: str | None = None
@@ -368,7 +368,7 @@ def build_app(args: AppArgs) -> Application:
         max_batch_rows=s.max_batch_rows,
         max_body_bytes=s.max_body_bytes,
         prediction_log=args.prediction_log or str(prediction_log_path()),
-        online_store=args.online_store or str(online_store_path()),
+        online_store=args.online_store or online_store_location(),
         insecure_local=args.insecure_local,
     )
 

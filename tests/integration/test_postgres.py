@@ -128,3 +128,41 @@ def test_train_register_promote_load_and_serve_on_postgres(postgres: str, tmp_pa
     out = subprocess.run(["psql", postgres, "-tAc", "select count(*) from registered_models"],
                          check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "1"
+
+
+def test_the_online_store_on_postgres_gives_batch_mode_features(postgres: str) -> None:
+    """The networked store: seeded, replayed one transaction at a time (each remembered, labels arriving), it gives
+    what batch mode gives; labels, pruning and counts behave as SQLite's; open_store picks it from a URL."""
+    import numpy as np
+    import pandas as pd
+
+    from fraud_assets.core.features import FEATURE_COLUMNS, build_features
+    from fraud_assets.core.simulate import simulate_months
+    from fraud_assets.store import OnlineFeatures, PostgresTransactionStore, open_store
+
+    params = load_params()
+    months = simulate_months(params.data, "2025-01", 2)
+    history, month = months["2025-01"], months["2025-02"]
+    store = open_store(postgres)
+    assert isinstance(store, PostgresTransactionStore)
+    assert store.seed(history) == len(history) and store.count() == len(history)
+    assert store.seed(history.head(10)) == 10 and store.count() == len(history)  # re-seeding replaces, no dupes
+    online = OnlineFeatures(store, params.features)
+    batch = build_features(month, params.features, history=history).set_index("transaction_id")
+    head = month.head(120)
+    for row in head.to_dict("records"):
+        tx = {k: row[k] for k in ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount")}
+        got = online.matrix([tx])[0]
+        assert store.add_labels([{"transaction_id": row["transaction_id"], "is_fraud": row["is_fraud"]}]) == 1
+        gap = np.abs(got - batch.loc[row["transaction_id"], FEATURE_COLUMNS].to_numpy(np.float64)).max()
+        assert gap <= 1e-9, f"{row['transaction_id']}: PostgreSQL store differs from batch mode by {gap}"
+    assert store.count() == len(history) + len(head)
+    assert store.append([tx]) == 0  # an id already stored is kept as it is
+    many = OnlineFeatures(store, params.features, remember=False).matrix(
+        month.iloc[120:1120][["transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount"]]
+        .to_dict("records"))  # a thousand keys in one read: arrays, no parameter cap
+    expected = batch.loc[month.iloc[120:1120]["transaction_id"], FEATURE_COLUMNS].to_numpy(np.float64)
+    assert np.abs(many - expected).max() <= 1e-9
+    cutoff = int(pd.Timestamp("2025-01-15", tz="UTC").timestamp())
+    older = int((history["tx_datetime"] < pd.Timestamp("2025-01-15", tz="UTC")).sum())
+    assert store.prune(cutoff) == older and store.count() == len(history) + len(head) - older
