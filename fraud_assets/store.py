@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ from fraud_assets.core.features import (
     DAY_S,
     FEATURE_COLUMNS,
     KEY_COLUMNS,
+    Incoming,
     Rows,
     lookback_days,
     online_matrix,
@@ -42,7 +43,6 @@ CREATE TABLE IF NOT EXISTS transactions (
 CREATE INDEX IF NOT EXISTS transactions_customer ON transactions (customer_id, ts);
 CREATE INDEX IF NOT EXISTS transactions_terminal ON transactions (terminal_id, ts);
 """
-_COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount", "is_fraud"]
 
 
 class TransactionStore(Protocol):
@@ -76,8 +76,19 @@ class TransactionStore(Protocol):
 _FEW_KEYS = 500  # above this many distinct keys a history read goes in chunks (SQLite's bound-parameter cap)
 
 
-def _epoch_s(values: Any) -> pd.Series:
-    return pd.to_datetime(pd.Series(values), utc=True).astype("int64") // 1_000_000_000
+def _scored_rows(transactions: Sequence[Mapping[str, Any]]) -> list[tuple]:
+    """``(id, ts, customer, terminal, amount)`` of transactions being scored (no label yet)."""
+    return [(str(t["transaction_id"]), timestamp_parts(t["tx_datetime"])[0], str(t["customer_id"]),
+             str(t["terminal_id"]), float(t["amount"])) for t in transactions]
+
+
+def _snapshot_rows(frame: pd.DataFrame) -> Iterator[tuple]:
+    """``(id, ts, customer, terminal, amount, is_fraud)`` of a canonical frame (a missing label is NULL)."""
+    ts = pd.to_datetime(frame["tx_datetime"], utc=True).astype("int64") // 1_000_000_000
+    labels = frame["is_fraud"].tolist() if "is_fraud" in frame else [None] * len(frame)
+    for row in zip(frame["transaction_id"].astype(str), ts.tolist(), frame["customer_id"].astype(str),
+                   frame["terminal_id"].astype(str), frame["amount"].astype(float).tolist(), labels, strict=True):
+        yield (*row[:5], None if pd.isna(row[5]) else int(row[5]))
 
 
 class SqliteTransactionStore:
@@ -143,13 +154,10 @@ class SqliteTransactionStore:
         """Insert scored transactions without a label (ids already stored are kept as they are)."""
         if not transactions:
             return 0
-        ts = [timestamp_parts(t["tx_datetime"])[0] for t in transactions]
-        rows = [(str(t["transaction_id"]), int(s), str(t["customer_id"]), str(t["terminal_id"]), float(t["amount"]))
-                for t, s in zip(transactions, ts, strict=True)]
         conn = self._connect()
         with conn:
             cur = conn.executemany("INSERT OR IGNORE INTO transactions (transaction_id, ts, customer_id, terminal_id, "
-                                   "amount) VALUES (?, ?, ?, ?, ?)", rows)
+                                   "amount) VALUES (?, ?, ?, ?, ?)", _scored_rows(transactions))
         return cur.rowcount
 
     def add_labels(self, labels: Sequence[Mapping[str, Any]]) -> int:
@@ -164,21 +172,13 @@ class SqliteTransactionStore:
         """Bulk-load a labelled frame (canonical columns); existing ids are replaced."""
         if frame.empty:
             return 0
-        data = pd.DataFrame({
-            "transaction_id": frame["transaction_id"].astype(str), "ts": _epoch_s(frame["tx_datetime"]).to_numpy(),
-            "customer_id": frame["customer_id"].astype(str), "terminal_id": frame["terminal_id"].astype(str),
-            "amount": frame["amount"].astype(float),
-            "is_fraud": frame["is_fraud"].astype("Int64") if "is_fraud" in frame else pd.NA})
         conn = self._connect()
         with conn:
-            conn.executemany("INSERT OR REPLACE INTO transactions VALUES (?, ?, ?, ?, ?, ?)",
-                             [(r[0], int(r[1]), r[2], r[3], float(r[4]), None if pd.isna(r[5]) else int(r[5]))
-                              for r in data.itertuples(index=False)])
-        return len(data)
+            conn.executemany("INSERT OR REPLACE INTO transactions VALUES (?, ?, ?, ?, ?, ?)", _snapshot_rows(frame))
+        return len(frame)
 
     def prune(self, before_s: int) -> int:
-        """Delete rows with ``ts < before_s`` (epoch seconds; uses the terminal index's time order); return how
-        many went."""
+        """Delete rows with ``ts < before_s`` (epoch seconds); return how many went."""
         conn = self._connect()
         with conn:
             cur = conn.execute("DELETE FROM transactions WHERE ts < ?", (int(before_s),))
@@ -225,11 +225,10 @@ class PostgresTransactionStore:
         """Insert scored transactions without a label (ids already stored are kept as they are)."""
         if not transactions:
             return 0
-        rows = [(str(t["transaction_id"]), timestamp_parts(t["tx_datetime"])[0], str(t["customer_id"]),
-                 str(t["terminal_id"]), float(t["amount"])) for t in transactions]
         with self._connect().transaction(), self._connect().cursor() as cur:
             cur.executemany("INSERT INTO transactions (transaction_id, ts, customer_id, terminal_id, amount) "
-                            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (transaction_id) DO NOTHING", rows)
+                            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (transaction_id) DO NOTHING",
+                            _scored_rows(transactions))
             return cur.rowcount
 
     def add_labels(self, labels: Sequence[Mapping[str, Any]]) -> int:
@@ -245,16 +244,12 @@ class PostgresTransactionStore:
         """Bulk-load a labelled frame with COPY into a staging table, then upsert (existing ids are replaced)."""
         if frame.empty:
             return 0
-        ts = _epoch_s(frame["tx_datetime"]).to_numpy()
-        labels = frame["is_fraud"] if "is_fraud" in frame else pd.Series([None] * len(frame))
         conn = self._connect()
         with conn.transaction():
             conn.execute("CREATE TEMP TABLE staging (LIKE transactions) ON COMMIT DROP")
             with conn.cursor().copy("COPY staging FROM STDIN") as copy:
-                for row in zip(frame["transaction_id"].astype(str), ts.tolist(), frame["customer_id"].astype(str),
-                               frame["terminal_id"].astype(str), frame["amount"].astype(float),
-                               labels.tolist(), strict=True):
-                    copy.write_row((*row[:5], None if pd.isna(row[5]) else int(row[5])))
+                for row in _snapshot_rows(frame):
+                    copy.write_row(row)
             conn.execute("INSERT INTO transactions SELECT * FROM staging ON CONFLICT (transaction_id) DO UPDATE SET "
                          "ts = EXCLUDED.ts, customer_id = EXCLUDED.customer_id, terminal_id = EXCLUDED.terminal_id, "
                          "amount = EXCLUDED.amount, is_fraud = EXCLUDED.is_fraud")
@@ -297,11 +292,11 @@ class OnlineFeatures:
         """The feature matrix (:data:`FEATURE_COLUMNS` order, float64) of ``transactions``, in order."""
         if not transactions:
             return np.zeros((0, len(FEATURE_COLUMNS)))
-        ts = [timestamp_parts(tx["tx_datetime"])[0] for tx in transactions]
-        history = self.store.history([tx["customer_id"] for tx in transactions],
-                                     [tx["terminal_id"] for tx in transactions],
-                                     min(ts) - self._lookback_s, max(ts) + 1)
-        values = online_matrix(transactions, history, self.p)
+        incoming = Incoming.parse(transactions)  # timestamps parsed once, for the read and for the features
+        ts = incoming.rows.ts
+        history = self.store.history(incoming.rows.customer, incoming.rows.terminal,
+                                     int(ts.min()) - self._lookback_s, int(ts.max()) + 1)
+        values = online_matrix(incoming, history, self.p)
         if self.remember:
             self.store.append(transactions)
         return values

@@ -291,20 +291,33 @@ def timestamp_parts(value: Any) -> tuple[int, int, int]:
     return (when - _EPOCH) // _SECOND, when.hour, when.weekday()
 
 
-def online_matrix(transactions: Sequence[Mapping[str, Any]], history: Rows, p: FeatureParams) -> np.ndarray:
+class Incoming(NamedTuple):
+    """Incoming transactions (request dicts) parsed once: their rows, UTC hours and weekdays."""
+
+    rows: Rows
+    hour: np.ndarray
+    weekday: np.ndarray
+
+    @classmethod
+    def parse(cls, transactions: Sequence[Mapping[str, Any]]) -> Incoming:
+        """Parse the timestamps and amounts of ``transactions`` (no label: they are being scored)."""
+        parsed = [timestamp_parts(tx["tx_datetime"]) for tx in transactions]
+        n = len(transactions)
+        rows = Rows(np.fromiter((t[0] for t in parsed), np.int64, n),
+                    [tx["customer_id"] for tx in transactions], [tx["terminal_id"] for tx in transactions],
+                    np.fromiter((float(tx["amount"]) for tx in transactions), np.float64, n), np.full(n, np.nan))
+        return cls(rows, np.fromiter((t[1] for t in parsed), np.int64, n),
+                   np.fromiter((t[2] for t in parsed), np.int64, n))
+
+
+def online_matrix(incoming: Incoming, history: Rows, p: FeatureParams) -> np.ndarray:
     """Online mode without pandas: the matrix of incoming transactions given the past ``history`` rows.
 
     Same definitions and same numbers as :func:`online_features` (it calls :func:`feature_values` too);
     this is the serving path, where a pandas frame would cost more than the features themselves.
     """
-    parsed = [timestamp_parts(tx["tx_datetime"]) for tx in transactions]
-    n = len(transactions)
-    incoming = Rows(np.fromiter((t[0] for t in parsed), np.int64, n),
-                    [tx["customer_id"] for tx in transactions], [tx["terminal_id"] for tx in transactions],
-                    np.fromiter((float(tx["amount"]) for tx in transactions), np.float64, n), np.full(n, np.nan))
-    reference = Rows.concat([history, incoming]) if len(history.ts) else incoming
-    return feature_values(reference, incoming, np.fromiter((t[1] for t in parsed), np.int64, n),
-                          np.fromiter((t[2] for t in parsed), np.int64, n), p)
+    reference = Rows.concat([history, incoming.rows]) if len(history.ts) else incoming.rows
+    return feature_values(reference, incoming.rows, incoming.hour, incoming.weekday, p)
 
 
 def lookback_days(p: FeatureParams) -> int:

@@ -7,7 +7,6 @@ is the base URL, it listens on the loopback interface only, needs the API key, a
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,24 +17,18 @@ import pytest
 import yaml
 
 from fraud_assets import registry
-from fraud_assets.core.features import build_features, build_features_by_month
+from fraud_assets.core.features import build_features
 from fraud_assets.core.simulate import simulate_months
-from fraud_assets.core.split import split_by_time
-from fraud_assets.core.train import predict, train_model
+from fraud_assets.core.train import predict
 from fraud_assets.params import load_params
 from fraud_assets.store import SqliteTransactionStore
 from serving.app import AppArgs, start_serving, stop_serving
+from tests.serving.test_serving_http import _free_port, _register, _trained_booster
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "direct-ingress-key-" + "y" * 20
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _listening_addresses(port: int) -> set[str]:
@@ -55,17 +48,11 @@ def _listening_addresses(port: int) -> set[str]:
 @pytest.fixture(scope="module")
 def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("direct")
-    params = load_params()
-    months = simulate_months(params.data, "2025-01", 3)
-    features = build_features_by_month(months, params.features)
-    split = split_by_time(features, "2025-03", params.split)
-    booster = train_model(split.train, split.valid, params.train)
+    months = simulate_months(load_params().data, "2025-01", 3)
+    booster = _trained_booster(months)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    c = registry.client_for(uri)
-    run = c.create_run(registry.ensure_experiment(c, "fraud-detection", (tmp / "artifacts").as_uri()))
-    mv = registry.register_version(c, "fraud-detector", registry.log_booster(booster, run.info.run_id, uri),
-                                   run.info.run_id, {"threshold": "0.5"})
-    c.set_registered_model_alias("fraud-detector", "champion", mv.version)
+    version = _register(uri, (tmp / "artifacts").as_uri(), booster, {"threshold": "0.5"})
+    registry.client_for(uri).set_registered_model_alias("fraud-detector", "champion", version)
     store = tmp / "store.sqlite"
     SqliteTransactionStore(store).seed(pd.concat([months["2025-01"], months["2025-02"]], ignore_index=True))
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -76,7 +63,7 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     try:
         url = start_serving(tracking_uri=uri, port=_free_port(), args=AppArgs(
             params_path=str(tmp / "params.yaml"), prediction_log=str(tmp / "log.sqlite"), online_store=str(store)))
-        yield {"url": url, "port": first_port, "booster": booster, "months": months, "version": str(mv.version)}
+        yield {"url": url, "port": first_port, "booster": booster, "months": months, "version": version}
     finally:
         stop_serving()
         os.environ.pop("FRAUD_API_KEY", None)
