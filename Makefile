@@ -17,7 +17,7 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 # Bootstrap uv when it is missing, then the locked environment (re-synced when the lock changes).
 $(VENV)/.synced: uv.lock pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
-	$(UV) sync --frozen
+	@$(UV) sync --frozen --quiet
 	@touch $@
 
 install: $(VENV)/.synced

@@ -5,9 +5,9 @@ and ``dvc repro`` run it, beside a reference measured in the same run on the sam
 ``groupby(customer).rolling("30D")`` computing two of our 26 features (30-day count and mean amount per
 customer), the textbook way. Peak RSS of this process is reported (the simulated months included).
 
-Online (serving): :class:`fraud_assets.store.OnlineFeatures` on single transactions of the following month
-against a SQLite store holding the 6 months, read only, through ``matrix`` (the serving path), beside the floor it
-cannot beat: the indexed SQLite reads of the same customers' and terminals' history alone.
+Online (serving): :class:`fraud_assets.adapters.online_store.OnlineFeatures` on single transactions of the
+following month against a SQLite store holding the 6 months, read only, through ``matrix`` (the serving path),
+beside the floor it cannot beat: the indexed SQLite reads of the same customers' and terminals' history alone.
 
 Usage::
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def _peak_mb() -> float:
@@ -47,11 +45,12 @@ def _pct(values: list[float], q: float) -> float:
 
 def main() -> None:
     """Simulate, time batch features against pandas rolling, seed a store, time online features."""
-    from fraud_assets.core.features import DAY_S, FEATURE_COLUMNS, build_features, lookback_days
+    from fraud_assets.adapters.online_store import OnlineFeatures, SqliteTransactionStore
+    from fraud_assets.core.features import FEATURE_COLUMNS, build_features
     from fraud_assets.core.months import month_range
     from fraud_assets.core.simulate import simulate_month, simulate_months
     from fraud_assets.params import load_params
-    from fraud_assets.store import OnlineFeatures, SqliteTransactionStore
+    from fraud_assets.windows import DAY_S, lookback_days
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows-per-month", type=int, default=300_000)

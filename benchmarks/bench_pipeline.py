@@ -18,15 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def _scaled_project(root: Path, rows_per_month: int, months: int) -> Path:
@@ -34,20 +30,18 @@ def _scaled_project(root: Path, rows_per_month: int, months: int) -> Path:
     from fraud_assets.core.simulate import simulate_month
     from fraud_assets.params import load_params
 
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     base = load_params(ROOT / "params.yaml")
     probe = len(simulate_month(base.data, base.data.start_month))
-    raw["data"]["n_customers"] = max(1, round(base.data.n_customers * rows_per_month / probe))
-    raw["data"]["n_terminals"] = max(1, round(base.data.n_terminals * rows_per_month / probe))
-    raw["data"]["months"] = months
-    raw["split"]["train_months"] = min(raw["split"]["train_months"], months - 1)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    base.updated({"data.n_customers": max(1, round(base.data.n_customers * rows_per_month / probe)),
+                  "data.n_terminals": max(1, round(base.data.n_terminals * rows_per_month / probe)),
+                  "data.months": months, "split.train_months": min(base.split.train_months, months - 1),
+                  }).write(root / "params.yaml")
     return root
 
 
 def _simulate_and_pin(root: Path) -> list[str]:
-    from fraud_assets import dvc_ops
+    from fraud_assets.adapters import dvc_repo
     from fraud_assets.core.simulate import simulate_months
     from fraud_assets.params import load_params
 
@@ -57,8 +51,8 @@ def _simulate_and_pin(root: Path) -> list[str]:
     frames = simulate_months(p.data, p.data.start_month, p.data.months)
     for month, frame in frames.items():
         frame.to_parquet(data / f"{month}.parquet", index=False)
-    dvc_ops.ensure_repo(root)
-    dvc_ops.pin_snapshots(root, push=False)
+    dvc_repo.ensure_repo(root)
+    dvc_repo.pin_snapshots(root, p.data.dir, push=False)
     rows = sum(len(f) for f in frames.values())
     print(f"data: {len(frames)} months, {rows:,} transactions ({rows / len(frames):,.0f} a month)")
     return list(frames)
@@ -96,12 +90,13 @@ def orchestrated(root: Path, months: list[str], state: Path) -> dict:
     """The retrain as Dagster runs of the real asset graph (one run per month, then the training run)."""
     import dagster as dg
 
-    from fraud_assets.orchestrate import run_months
+    from fraud_assets.orchestration.runner import run_months
+    from fraud_assets.params import load_params
 
     os.environ["FRAUD_STATE_DIR"] = str(state)
     (state / "dagster").mkdir(parents=True, exist_ok=True)
     with dg.DagsterInstance.local_temp(str(state / "dagster")) as instance:
-        decision = run_months(months, months[-1], root, instance=instance)
+        decision = run_months(months, months[-1], root, load_params(root / "params.yaml"), instance=instance)
     return {"promote": decision["promoted"], "average_precision": decision["challenger_metrics"]["average_precision"]}
 
 

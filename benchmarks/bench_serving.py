@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # A transaction of a customer and terminal with history in the seeded store (set from the data in _train).
 TX = {"transaction_id": "bench-1", "tx_datetime": "2025-04-01T09:15:00+00:00", "customer_id": "",
@@ -51,12 +50,12 @@ def _train(tmp: Path) -> tuple[object, Path]:
     """A model on three simulated months, and an online store holding them (``tmp/store.sqlite``)."""
     import pandas as pd
 
+    from fraud_assets.adapters.online_store import SqliteTransactionStore
     from fraud_assets.core.features import build_features_by_month
     from fraud_assets.core.simulate import simulate_months
     from fraud_assets.core.split import split_by_time
     from fraud_assets.core.train import save_model, train_model
     from fraud_assets.params import load_params
-    from fraud_assets.store import SqliteTransactionStore
 
     params = load_params()
     months = simulate_months(params.data, "2025-01", 3)
@@ -151,10 +150,10 @@ def bare_server(model: str, port: int, store: str) -> None:
     import uvicorn
     from fastapi import FastAPI, Request, Response
 
+    from fraud_assets.adapters.mlflow_registry import LoadedModel
+    from fraud_assets.adapters.online_store import OnlineFeatures, SqliteTransactionStore
     from fraud_assets.core.train import load_model
     from fraud_assets.params import load_params
-    from fraud_assets.registry import LoadedModel
-    from fraud_assets.store import OnlineFeatures, SqliteTransactionStore
     from serving.api import TRANSACTION, TRANSACTION_BATCH
     from serving.predictor import Predictor
 
@@ -215,26 +214,24 @@ def _bare(tmp: Path, model: Path, n: int) -> dict[str, float]:
 
 
 def _direct_params(tmp: Path, params: str | None) -> str:
-    """A copy of the params with Ray Serve's direct ingress switched on (replica port from a free one)."""
-    import yaml
+    """The params with Ray Serve's direct ingress switched on (replica port from a free one), as a file."""
+    from fraud_assets.params import load_params
 
-    raw = yaml.safe_load(Path(params or ROOT / "params.yaml").read_text())
-    raw["serve"].update(direct_ingress=True, direct_ingress_port=_free_port())
-    path = tmp / "params-direct.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return str(path)
+    direct = load_params(params, {"serve.direct_ingress": True, "serve.direct_ingress_port": _free_port()})
+    return str(direct.write(tmp / "params-direct.yaml"))
 
 
 def _ours(tmp: Path, booster: object, n: int, params: str | None, name: str = "our-store.sqlite"
           ) -> dict[str, float]:
-    from fraud_assets import registry
-    from serving.app import AppArgs, start_serving, stop_serving
+    from fraud_assets.adapters import mlflow_registry
+    from serving.app import AppArgs
+    from serving.local import start_serving, stop_serving
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    c = registry.client_for(uri)
-    run = c.create_run(registry.ensure_experiment(c, "bench", (tmp / "artifacts").as_uri()))
-    mv = registry.register_version(c, "fraud-detector", registry.log_booster(booster, run.info.run_id, uri),
-                                   run.info.run_id, {"threshold": "0.5"})
+    c = mlflow_registry.client_for(uri)
+    run = c.create_run(mlflow_registry.ensure_experiment(c, "bench", (tmp / "artifacts").as_uri()))
+    model_uri = mlflow_registry.log_booster(booster, run.info.run_id, uri)
+    mv = mlflow_registry.register_version(c, "fraud-detector", model_uri, run.info.run_id, {"threshold": "0.5"})
     c.set_registered_model_alias("fraud-detector", "champion", mv.version)
     key = secrets.token_urlsafe(32)
     os.environ["FRAUD_API_KEY"] = key

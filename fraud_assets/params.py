@@ -6,11 +6,30 @@ re-declares a default in code.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from fraud_assets.settings import project_root
+from fraud_assets.windows import lookback_days
+
+Month = Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]  # YYYY-MM
+Share = Annotated[float, Field(ge=0, le=1)]
 
 
 class _Strict(BaseModel):
@@ -24,16 +43,16 @@ def _ordered_pair(v: tuple[float, float], name: str) -> tuple[float, float]:
 
 
 class FraudSimParams(_Strict):
-    large_amount_threshold: float = Field(gt=0)
-    large_amount_rate: float = Field(ge=0, le=1)
-    terminal_compromise_rate: float = Field(ge=0, le=1)
-    terminal_compromise_days: int = Field(ge=1)
-    card_compromise_rate: float = Field(ge=0, le=1)
-    card_compromise_days: int = Field(ge=1)
-    card_fraud_share: float = Field(ge=0, le=1)
+    large_amount_threshold: PositiveFloat
+    large_amount_rate: Share
+    terminal_compromise_rate: Share
+    terminal_compromise_days: PositiveInt
+    card_compromise_rate: Share
+    card_compromise_days: PositiveInt
+    card_fraud_share: Share
     card_amount_multiplier: tuple[float, float]
-    card_testing_start_month: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
-    card_testing_rate: float = Field(ge=0, le=1)
+    card_testing_start_month: Month
+    card_testing_rate: Share
     card_testing_burst: tuple[int, int]
     card_testing_amount: tuple[float, float]
     card_testing_gap_minutes: tuple[float, float]
@@ -49,19 +68,21 @@ class FraudSimParams(_Strict):
 
 class DataParams(_Strict):
     dir: str
-    start_month: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
+    start_month: Month
     months: int = Field(ge=1, le=120)
     seed: int
-    max_quarantine_share: float = Field(ge=0, le=1)
-    n_customers: int = Field(ge=1)
-    n_terminals: int = Field(ge=1)
-    area_size: float = Field(gt=0)
-    terminal_radius: float = Field(gt=0)
-    mean_tx_per_day: float = Field(gt=0)
+    max_quarantine_share: Share
+    max_amount: PositiveFloat
+    min_tx_date: date
+    n_customers: PositiveInt
+    n_terminals: PositiveInt
+    area_size: PositiveFloat
+    terminal_radius: PositiveFloat
+    mean_tx_per_day: PositiveFloat
     amount_mean_range: tuple[float, float]
     hour_peak: float = Field(ge=0, lt=24)
-    hour_spread: float = Field(gt=0)
-    weekend_volume_factor: float = Field(ge=0)
+    hour_spread: PositiveFloat
+    weekend_volume_factor: NonNegativeFloat
     monthly_volume_growth: float = Field(gt=-1)
     monthly_amount_drift: float = Field(gt=-1)
     fraud: FraudSimParams
@@ -76,82 +97,95 @@ class DataParams(_Strict):
 
 class FeatureParams(_Strict):
     night_hours: tuple[int, int]
-    label_delay_days: int = Field(ge=0)
-    new_terminal_days: int = Field(ge=1)
-    burst_window_seconds: int = Field(ge=1)
+    label_delay_days: NonNegativeInt
+    new_terminal_days: PositiveInt
+    burst_window_seconds: PositiveInt
 
 
 class OnlineStoreParams(_Strict):
-    retention_days: int = Field(ge=1)
+    retention_days: PositiveInt
 
 
 class SplitParams(_Strict):
-    train_months: int = Field(ge=1)
-    validation_days: int = Field(ge=1)
+    train_months: PositiveInt
+    validation_days: PositiveInt
 
 
 class TrainParams(_Strict):
-    n_estimators: int = Field(ge=1)
-    max_depth: int = Field(ge=1)
-    learning_rate: float = Field(gt=0)
+    n_estimators: PositiveInt
+    max_depth: PositiveInt
+    learning_rate: PositiveFloat
     subsample: float = Field(gt=0, le=1)
     colsample_bytree: float = Field(gt=0, le=1)
-    min_child_weight: float = Field(ge=0)
-    early_stopping_rounds: int = Field(ge=1)
-    n_threads: int = Field(ge=1)
+    min_child_weight: NonNegativeFloat
+    early_stopping_rounds: PositiveInt
+    n_threads: PositiveInt
     scale_pos_weight: float | Literal["auto"]
     seed: int
-    baseline_c: float = Field(gt=0)
-    baseline_max_iter: int = Field(ge=1)
+    baseline_c: PositiveFloat
+    baseline_max_iter: PositiveInt
 
 
 class EvaluateParams(_Strict):
     threshold_rule: Literal["precision_target", "alert_budget", "cost"]
     precision_target: float = Field(gt=0, le=1)
-    alerts_per_day: float = Field(ge=0)
-    cost_missed_fraud: float = Field(ge=0)
-    cost_review: float = Field(ge=0)
-    card_precision_k: int = Field(ge=1)
+    alerts_per_day: NonNegativeFloat
+    cost_missed_fraud: NonNegativeFloat
+    cost_review: NonNegativeFloat
+    card_precision_k: PositiveInt
     calibration_bins: int = Field(ge=2)
 
 
 class PromoteParams(_Strict):
     primary_metric: Literal["average_precision", "roc_auc"]
-    min_improvement: float = Field(ge=0)
-    min_average_precision: float = Field(ge=0, le=1)
-    min_roc_auc: float = Field(ge=0, le=1)
+    min_improvement: NonNegativeFloat
+    min_average_precision: Share
+    min_roc_auc: Share
+
+
+class RegistryParams(_Strict):
+    """One name for one thing: the registered model, its two aliases and the tracking experiment."""
+
+    model_name: str = Field(min_length=1)
+    champion_alias: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    challenger_alias: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    experiment: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct_aliases(self) -> RegistryParams:
+        if self.champion_alias == self.challenger_alias:
+            raise ValueError("registry.champion_alias and registry.challenger_alias must differ")
+        return self
 
 
 class ServeParams(_Strict):
     host: str
     port: int = Field(ge=1, le=65535)
-    model_name: str
-    alias: str
-    num_threads: int = Field(ge=1)
-    min_replicas: int = Field(ge=1)
-    max_replicas: int = Field(ge=1)
-    target_ongoing_requests: float = Field(gt=0)
-    max_ongoing_requests: int = Field(ge=1)
-    max_queued_requests: int = Field(ge=1)
-    batch_wait_timeout_s: float = Field(ge=0, le=1)
-    max_batch_size: int = Field(ge=1)
-    reload_interval_s: float = Field(gt=0)
-    max_batch_rows: int = Field(ge=1)
+    num_threads: PositiveInt
+    min_replicas: PositiveInt
+    max_replicas: PositiveInt
+    target_ongoing_requests: PositiveFloat
+    max_ongoing_requests: PositiveInt
+    max_queued_requests: PositiveInt
+    batch_wait_timeout_s: Share
+    max_batch_size: PositiveInt
+    reload_interval_s: PositiveFloat
+    max_batch_rows: PositiveInt
     max_body_bytes: int = Field(ge=1024)
     direct_ingress: bool
     direct_ingress_port: int = Field(ge=1024, le=65000)
 
 
 class MonitorParams(_Strict):
-    reference_months: int = Field(ge=1)
+    reference_months: PositiveInt
     psi_bins: int = Field(ge=2)
-    psi_threshold: float = Field(gt=0)
+    psi_threshold: PositiveFloat
     ks_threshold: float = Field(gt=0, le=1)
-    min_drifted_features: int = Field(ge=1)
-    score_psi_threshold: float = Field(gt=0)
-    fraud_rate_change_threshold: float = Field(gt=0)
-    min_live_labelled: int = Field(ge=1)
-    min_live_average_precision: float = Field(ge=0, le=1)
+    min_drifted_features: PositiveInt
+    score_psi_threshold: PositiveFloat
+    fraud_rate_change_threshold: PositiveFloat
+    min_live_labelled: PositiveInt
+    min_live_average_precision: Share
 
 
 class Params(_Strict):
@@ -162,13 +196,12 @@ class Params(_Strict):
     train: TrainParams
     evaluate: EvaluateParams
     promote: PromoteParams
+    registry: RegistryParams
     serve: ServeParams
     monitor: MonitorParams
 
     @model_validator(mode="after")
     def _store_keeps_what_features_read(self) -> Params:
-        from fraud_assets.core.features import lookback_days  # core imports this module: import late
-
         if self.online_store.retention_days < lookback_days(self.features):
             raise ValueError(f"online_store.retention_days ({self.online_store.retention_days}) must cover the "
                              f"{lookback_days(self.features)} days of history the features read")
@@ -181,11 +214,34 @@ class Params(_Strict):
             raise ValueError("serve.max_replicas must be >= serve.min_replicas")
         return v
 
+    def updated(self, overrides: Mapping[str, Any]) -> Params:
+        """A validated copy with ``overrides`` (dotted keys, ``{"data.months": 3}``) applied."""
+        return Params.model_validate(_apply(self.model_dump(mode="json"), overrides))
 
-def load_params(path: str | Path | None = None) -> Params:
-    """Load and validate ``params.yaml`` (default: the one at the project root)."""
-    from fraud_assets.settings import project_root
+    def write(self, path: str | Path) -> Path:
+        """Write these parameters as a ``params.yaml`` (for a project folder that tools read from disk)."""
+        target = Path(path)
+        target.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+        return target
 
+
+def _apply(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` with each dotted key of ``overrides`` set; a key that names nothing in ``raw`` is an error."""
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for i, part in enumerate(parents):
+            if not isinstance(node.get(part), dict):
+                raise KeyError(f"params override {dotted!r}: no section {'.'.join(parents[:i + 1])!r}")
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f"params override {dotted!r}: no key {leaf!r} in {'.'.join(parents) or 'the top level'}")
+        node[leaf] = value
+    return raw
+
+
+def load_params(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Params:
+    """Load and validate ``params.yaml`` (default: the one at the project root), with dotted ``overrides``."""
     p = Path(path) if path is not None else project_root() / "params.yaml"
     try:
         raw = yaml.safe_load(p.read_text())
@@ -193,4 +249,4 @@ def load_params(path: str | Path | None = None) -> Params:
         raise FileNotFoundError(f"params file not found: {p}") from exc
     if not isinstance(raw, dict):
         raise ValueError(f"{p}: expected a mapping of sections, got {type(raw).__name__}")
-    return Params.model_validate(raw)
+    return Params.model_validate(_apply(raw, overrides or {}))

@@ -9,6 +9,7 @@ RUN="$STATE/run"
 LOGS="$STATE/logs"
 mkdir -p "$STATE/dagster" "$STATE/mlflow/artifacts" "$RUN" "$LOGS"
 export DAGSTER_HOME="$STATE/dagster"
+"$PWD/.venv/bin/python" -c 'from fraud_assets.orchestration.runner import ensure_dagster_home; ensure_dagster_home()'
 # The scoring API needs a key: $FRAUD_API_KEY, else one kept in the state folder (created once, mode 0600).
 if [ -z "${FRAUD_API_KEY:-}" ]; then
   if [ ! -s "$STATE/api_key" ]; then
@@ -44,7 +45,7 @@ start serve "$BIN/fraud" serve --host "$HOST"
 
 wait_http() {  # name, url, seconds
   for _ in $(seq "$3"); do
-    if curl -fsS -o /dev/null "$2"; then echo "$1 ready: $2"; return 0; fi
+    if curl -fs -o /dev/null "$2"; then echo "$1 ready: $2"; return 0; fi
     sleep 1
   done
   echo "$1 did not answer at $2 within $3 s; see its log in ${LOGS#"$PWD"/}/" >&2

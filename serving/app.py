@@ -1,4 +1,5 @@
-"""The Ray Serve application: one deployment with a FastAPI ingress that serves ``models:/<name>@<alias>``.
+"""The Ray Serve application: one deployment with a FastAPI ingress that serves ``models:/<name>@<alias>``
+(``params.yaml`` ``registry``), and its builder. :mod:`serving.local` starts it on a local Ray.
 
 Endpoints: ``POST /predict`` (one transaction, micro-batched with ``@serve.batch``), ``POST /predict/batch``
 (up to ``serve.max_batch_rows``), ``POST /labels`` (late fraud labels), ``GET /health`` (liveness),
@@ -19,32 +20,28 @@ when the new version fails to load or to warm up, the old one keeps serving, the
 ``/ready`` reports it. Every answer names the version that scored it. With several replicas each swaps on
 its own schedule, so for up to one reload interval two replicas may answer with different versions.
 
-Features come from the online store (:mod:`fraud_assets.store`; a SQLite file in the state folder by
+Features come from the online store (:mod:`fraud_assets.adapters.online_store`; a SQLite file in the state folder by
 default, seeded from the snapshots by the ``online_store`` asset): each transaction is described from the
 stored past of its customer and terminal by the same code as training, then recorded in the store before
 the answer goes out, so the next transaction of that card sees it. ``POST /labels`` writes the labels to the
 store too, where they reach the terminal fraud rates once older than ``features.label_delay_days``.
 
-Every scored transaction goes to the prediction log (:mod:`serving.predlog`) off the hot path.
+Every scored transaction goes to the prediction log (:mod:`fraud_assets.adapters.prediction_log`) off the hot path.
 
 Network exposure: the HTTP proxy binds 127.0.0.1 unless told otherwise, but Ray's own internal services
 (GCS, raylet, object manager, workers) listen on all interfaces of the machine; run it on a trusted network
-or behind a host firewall. ``ray.init`` also replaces the process's SIGTERM handler, so a long-running
-caller that wants a clean stop should install its own handler after :func:`start_serving` and call
-:func:`stop_serving` from it.
+or behind a host firewall.
 
-Nothing runs at import time: Ray starts in :func:`start_serving` (or ``serve run serve_config.yaml``) and
-models load inside replicas.
+Nothing runs at import time: Ray starts in :func:`serving.local.start_serving` (or ``serve run
+serve_config.yaml``) and models load inside replicas.
 """
 
 import asyncio
 import gc
 import logging
 import os
-import time
 from typing import Any
 
-import httpx
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -54,10 +51,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve import Application
 
-from fraud_assets import registry
+from fraud_assets.adapters import mlflow_registry
+from fraud_assets.adapters.online_store import OnlineFeatures, TransactionStore, open_store
+from fraud_assets.adapters.prediction_log import LabelSink, PredictionLog
 from fraud_assets.params import FeatureParams, load_params
 from fraud_assets.settings import disable_telemetry, mlflow_tracking_uri, online_store_location, prediction_log_path
-from fraud_assets.store import OnlineFeatures, TransactionStore, open_store
 from serving.api import (
     LABEL_BATCH,
     TRANSACTION,
@@ -73,7 +71,6 @@ from serving.api import (
 )
 from serving.guard import Guard, GuardConfig, Metrics
 from serving.predictor import FeatureProvider, Predictor, Scored
-from serving.predlog import LabelSink, PredictionLog
 
 logger = logging.getLogger("ray.serve")
 
@@ -81,14 +78,6 @@ APP_NAME = "fraud-detector"
 API_KEY_ENV = "FRAUD_API_KEY"
 INSECURE_ENV = "FRAUD_INSECURE_LOCAL"
 JSON = "application/json"
-# Ray Serve's own latency switches, applied by start_serving before Ray starts (an explicit value wins): user
-# code on the replica's event loop instead of a second thread, the router on the caller's loop, buffered
-# request logs. Measured on 2 cores, they cut the single-request latency roughly in half (benchmarks/).
-SERVE_TUNING = {
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-}
 
 app = FastAPI(title="fraud-detector", description="Scores card transactions with the champion model. "
               "Send the API key in the `x-api-key` header; /health, /ready and /metrics are open.")
@@ -153,9 +142,8 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
     tracking_uri: str | None = None
-    model_name: str | None = None
-    alias: str | None = None
     params_path: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)  # dotted params keys, as load_params takes them
     reload_interval_s: float | None = Field(default=None, gt=0)
     prediction_log: str | None = None
     online_store: str | None = None
@@ -194,7 +182,7 @@ class FraudScorer:
         self._score_batch.set_max_batch_size(max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._max_batch_rows = max_batch_rows
-        self._client = registry.client_for(tracking_uri)
+        self._client = mlflow_registry.client_for(tracking_uri)
         self._model_name, self._alias = model_name, alias
         self._num_threads = num_threads
         self._features = FeatureParams.model_validate(features)
@@ -312,7 +300,7 @@ class FraudScorer:
             await asyncio.sleep(self._reload_interval_s)
 
     async def _sync_with_alias(self) -> None:
-        mv = await asyncio.to_thread(registry.alias_version, self._client, self._model_name, self._alias)
+        mv = await asyncio.to_thread(mlflow_registry.alias_version, self._client, self._model_name, self._alias)
         if mv is None:
             raise LookupError(f"registered model {self._model_name!r} has no alias {self._alias!r}")
         current = self._predictor
@@ -335,7 +323,7 @@ class FraudScorer:
                     current.version if current else "nothing")
 
     def _load_and_warm_up(self, version: str) -> Predictor:
-        loaded = registry.load_version(self._client, self._model_name, version, n_threads=self._num_threads)
+        loaded = mlflow_registry.load_version(self._client, self._model_name, version, n_threads=self._num_threads)
         candidate = Predictor(loaded, self._features, self._feature_provider())
         candidate.warm_up()
         return candidate
@@ -344,7 +332,7 @@ class FraudScorer:
 def build_app(args: AppArgs) -> Application:
     """Ray Serve application builder (``serving.app:build_app``): the scorer sized from ``params.yaml``."""
     args = AppArgs.model_validate(args)
-    params = load_params(args.params_path)
+    params = load_params(args.params_path, args.overrides)
     s = params.serve
     deployment = FraudScorer.options(
         max_ongoing_requests=s.max_ongoing_requests,
@@ -358,8 +346,8 @@ def build_app(args: AppArgs) -> Application:
     )
     return deployment.bind(
         tracking_uri=args.tracking_uri or mlflow_tracking_uri(),
-        model_name=args.model_name or s.model_name,
-        alias=args.alias or s.alias,
+        model_name=params.registry.model_name,
+        alias=params.registry.champion_alias,
         num_threads=s.num_threads,
         features=params.features.model_dump(mode="json"),
         reload_interval_s=args.reload_interval_s or s.reload_interval_s,
@@ -371,76 +359,3 @@ def build_app(args: AppArgs) -> Application:
         online_store=args.online_store or online_store_location(),
         insecure_local=args.insecure_local,
     )
-
-
-def start_serving(tracking_uri: str | None = None, host: str | None = None, port: int | None = None,
-                  timeout_s: float = 180.0, args: AppArgs | None = None) -> str:
-    """Start local Ray and Serve, deploy the scorer, wait until ``/ready`` answers 200; return the base URL."""
-    import ray
-
-    disable_telemetry()
-    args = args or AppArgs()
-    if tracking_uri is not None:
-        args = args.model_copy(update={"tracking_uri": tracking_uri})
-    if not os.environ.get(API_KEY_ENV) and not (args.insecure_local or os.environ.get(INSECURE_ENV) == "1"):
-        raise RuntimeError(f"set {API_KEY_ENV} (or {INSECURE_ENV}=1 for an explicitly insecure local run)")
-    s = load_params(args.params_path).serve
-    host, port = host or s.host, port or s.port
-    for name, value in SERVE_TUNING.items():
-        os.environ.setdefault(name, value)
-    if s.direct_ingress:  # read by Ray's controller and replicas, which inherit this environment
-        os.environ.update(_direct_ingress_env(s.direct_ingress_port))
-    # Ray's workers inherit this process's environment (FRAUD_API_KEY included) on a local cluster.
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": host, "port": port})
-        serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
-        # With direct ingress the first replica answers on the first port of the range (the proxy is a detour).
-        base_url = f"http://{host}:{s.direct_ingress_port if s.direct_ingress else port}"
-        wait_until_ready(base_url, timeout_s)
-    except BaseException:
-        stop_serving()
-        raise
-    return base_url
-
-
-def wait_until_ready(base_url: str, timeout_s: float) -> dict[str, Any]:
-    """Poll ``/ready`` until it answers 200 and return its body; raise with the last answer otherwise."""
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    with httpx.Client(base_url=base_url, timeout=5.0) as http:
-        while time.monotonic() < deadline:
-            try:
-                response = http.get("/ready")
-            except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    return response.json()
-                last = f"HTTP {response.status_code}: {response.text}"
-                if _is_load_error(response):
-                    raise RuntimeError(f"{base_url} cannot load its model: {last}")
-            time.sleep(0.25)
-    raise TimeoutError(f"{base_url}/ready not 200 after {timeout_s:.0f}s; last answer: {last}")
-
-
-def _is_load_error(response: httpx.Response) -> bool:
-    if response.status_code != 503 or not response.headers.get("content-type", "").startswith("application/json"):
-        return False
-    return response.json().get("status") == "error"
-
-
-def _direct_ingress_env(first_port: int) -> dict[str, str]:
-    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first_port),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first_port + 100)}
-
-
-def stop_serving() -> None:
-    """Shut down Serve, then Ray (safe to call when either is not running); forget direct-ingress mode."""
-    import ray
-
-    if ray.is_initialized():
-        serve.shutdown()
-    ray.shutdown()
-    for name in _direct_ingress_env(0):
-        os.environ.pop(name, None)

@@ -1,12 +1,12 @@
 """Pure scoring: a registry version plus a feature provider turns transactions into decisions with reasons.
 
 No Ray, no HTTP and no registry access here: the deployment in ``serving.app`` loads a
-:class:`~fraud_assets.registry.LoadedModel` and merely holds a :class:`Predictor`, so the same
+:class:`~fraud_assets.adapters.mlflow_registry.LoadedModel` and merely holds a :class:`Predictor`, so the same
 class scores in tests, scripts and replicas alike.
 
 Features come from an injectable provider, ``features(transactions) -> DataFrame`` (key columns plus the
-model's feature columns): the service passes :class:`fraud_assets.store.OnlineFeatures` (the customer's and
-terminal's past from the online store); without one, :func:`fraud_assets.core.features.online_features`
+model's feature columns): the service passes :class:`fraud_assets.adapters.online_store.OnlineFeatures` (the
+customer's and terminal's past from the online store); without one, :func:`fraud_assets.core.features.online_features`
 describes the transactions with no stored past (as first-ever transactions), which scripts and tests use.
 
 Reasons are per-row feature contributions in log-odds from XGBoost (``pred_contribs=True``) with
@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from fraud_assets.adapters.mlflow_registry import LoadedModel
 from fraud_assets.core.features import FEATURE_COLUMNS, feature_matrix, online_features
 from fraud_assets.params import FeatureParams
-from fraud_assets.registry import LoadedModel
 
 FeatureProvider = Callable[[Sequence[Mapping[str, Any]]], pd.DataFrame]
 N_REASONS = 3

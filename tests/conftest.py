@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
 
 from fraud_assets.settings import TELEMETRY_OFF
 
@@ -19,21 +19,20 @@ def _no_phone_home() -> None:
         os.environ.setdefault(key, value)
 
 
-def write_small_project(root: Path, months: int = 4, n_customers: int = 600) -> Path:
+def write_small_project(root: Path, months: int = 4, n_customers: int = 600,
+                        overrides: dict[str, Any] | None = None) -> Path:
     """A project folder with params.yaml scaled down and ``months`` simulated snapshots."""
     from fraud_assets.core.simulate import simulate_months
     from fraud_assets.params import load_params
 
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["data"]["n_customers"] = n_customers
-    raw["data"]["months"] = months
-    raw["split"]["train_months"] = min(raw["split"]["train_months"], months - 1)
-    # A tenth of the default data learns less: the bars scale down with it (the gate itself is tested).
-    raw["promote"]["min_average_precision"] = 0.1
-    raw["promote"]["min_roc_auc"] = 0.6
+    base = load_params()
+    params = load_params(overrides={
+        "data.n_customers": n_customers, "data.months": months,
+        "split.train_months": min(base.split.train_months, months - 1),
+        # A tenth of the default data learns less: the bars scale down with it (the gate itself is tested).
+        "promote.min_average_precision": 0.1, "promote.min_roc_auc": 0.6, **(overrides or {})})
     root.mkdir(parents=True, exist_ok=True)
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    params = load_params(root / "params.yaml")
+    params.write(root / "params.yaml")
     data_dir = root / params.data.dir
     data_dir.mkdir(parents=True, exist_ok=True)
     for month, frame in simulate_months(params.data, params.data.start_month, months).items():

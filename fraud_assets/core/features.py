@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 
 from fraud_assets.params import FeatureParams
+from fraud_assets.windows import CUSTOMER_WINDOWS_DAYS, DAY_S, TERMINAL_WINDOWS_DAYS
 
 KEY_COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id"]
 LABEL = "is_fraud"
 NEVER_FEATURES = frozenset({LABEL, "fraud_scenario", "fraud_probability"})
-DAY_S = 86_400
 NO_HISTORY = -1.0  # seconds-since-previous and amount ratio when the customer has no earlier transaction
 _SHIFT = np.int64(1) << np.int64(33)  # key * 2**33 + seconds: sortable, seconds < 2**33 (year 2242)
 
@@ -42,12 +42,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 
 TX_FEATURES = ["amount", "log_amount", "hour", "weekday", "is_night", "is_weekend"]
-
-
-# The windows are part of the feature definitions (they name the columns a model is trained on), so they
-# live here; the knobs that change values but not names (label delay, burst window, night hours) are params.
-CUSTOMER_WINDOWS_DAYS = (1, 7, 30)
-TERMINAL_WINDOWS_DAYS = (1, 7, 30)
 
 
 def _feature_columns() -> list[str]:
@@ -318,11 +312,6 @@ def online_matrix(incoming: Incoming, history: Rows, p: FeatureParams) -> np.nda
     """
     reference = Rows.concat([history, incoming.rows]) if len(history.ts) else incoming.rows
     return feature_values(reference, incoming.rows, incoming.hour, incoming.weekday, p)
-
-
-def lookback_days(p: FeatureParams) -> int:
-    """How many days of past transactions the features of a transaction can read."""
-    return max(max(CUSTOMER_WINDOWS_DAYS), p.new_terminal_days, p.label_delay_days + max(TERMINAL_WINDOWS_DAYS), 1)
 
 
 def feature_matrix(features: pd.DataFrame, columns: Sequence[str] = FEATURE_COLUMNS) -> np.ndarray:

@@ -12,6 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from fraud_assets.core.evaluate import choose_threshold_on
 from fraud_assets.core.features import FEATURE_COLUMNS, LABEL, feature_matrix
 from fraud_assets.params import EvaluateParams, TrainParams
 
@@ -84,11 +85,15 @@ def load_model(path: str | Path, n_threads: int = 1) -> xgb.Booster:
     return booster
 
 
+def missing_features(booster: xgb.Booster, columns: Sequence[str] = FEATURE_COLUMNS) -> list[str]:
+    """The features ``booster`` was trained on that ``columns`` does not provide (empty: it can score them)."""
+    available = set(columns)
+    return [c for c in booster.feature_names or [] if c not in available]
+
+
 def fit_challenger(train: pd.DataFrame, valid: pd.DataFrame, p: TrainParams, e: EvaluateParams,
                    columns: Sequence[str] = FEATURE_COLUMNS) -> tuple[xgb.Booster, float]:
     """Train a booster and choose its alert threshold on the validation window (never the holdout)."""
-    from fraud_assets.core.evaluate import choose_threshold_on
-
     booster = train_model(train, valid, p, columns)
     return booster, choose_threshold_on(valid, predict(booster, valid), e)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fraud_assets import dvc_ops
+from fraud_assets.adapters import dvc_repo
 from fraud_assets.core.features import FEATURE_COLUMNS
 from fraud_assets.core.months import available_months
 from fraud_assets.core.split import split_by_time, training_months
@@ -28,7 +28,7 @@ def train(features_dir: Path, p: Params, root: Path) -> dict[str, Any]:
         "threshold": threshold,
         "holdout_month": holdout,
         "train_months": split.train_months,
-        "data_versions": {m: dvc_ops.snapshot_version(root, m) for m in [*split.train_months, holdout]},
+        "data_versions": {m: dvc_repo.snapshot_version(root, p.data.dir, m) for m in [*split.train_months, holdout]},
         "features": FEATURE_COLUMNS,
         "best_iteration": int(booster.attr("best_iteration") or 0),
         "rows_train": len(split.train),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from fraud_assets.automation import build_schedule, build_snapshot_sensor
+from fraud_assets.orchestration.automation import build_schedule, build_snapshot_sensor
 from fraud_assets.params import load_params
 
 
@@ -47,7 +47,7 @@ def test_schedule_runs_last_month_or_skips(small_project: Path) -> None:
 
 
 def test_drift_sensor_requests_a_retrain_only_on_drift() -> None:
-    from fraud_assets.automation import RETRAIN_JOB, build_drift_sensor
+    from fraud_assets.orchestration.automation import RETRAIN_JOB, build_drift_sensor
 
     sensor = build_drift_sensor()
     @dg.asset
@@ -72,7 +72,7 @@ def test_drift_sensor_requests_a_retrain_only_on_drift() -> None:
 
 
 def test_live_performance_sensor_requests_a_retrain_on_a_drop() -> None:
-    from fraud_assets.automation import RETRAIN_JOB, build_live_performance_sensor
+    from fraud_assets.orchestration.automation import RETRAIN_JOB, build_live_performance_sensor
 
     sensor = build_live_performance_sensor()
 
@@ -94,7 +94,7 @@ def test_failure_sensor_posts_to_the_webhook(monkeypatch) -> None:
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    from fraud_assets.automation import WEBHOOK_ENV, build_failure_sensor
+    from fraud_assets.orchestration.automation import WEBHOOK_ENV, build_failure_sensor
 
     received: list[dict] = []
 

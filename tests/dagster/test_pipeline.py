@@ -9,19 +9,19 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
+from fraud_assets.adapters.mlflow_registry import alias_version, client_for
 from fraud_assets.core.features import FEATURE_COLUMNS
 from fraud_assets.core.lineage import file_md5
 from fraud_assets.core.months import month_range, shift_month, snapshot_path
-from fraud_assets.definitions import build_assets, build_definitions
-from fraud_assets.params import load_params
-from fraud_assets.registry import alias_version, client_for
-from fraud_assets.resources import (
+from fraud_assets.orchestration.definitions import build_assets, build_definitions
+from fraud_assets.orchestration.resources import (
     FrameIOManager,
     MlflowResource,
     OnlineStoreResource,
     PredictionLogResource,
     ProjectResource,
 )
+from fraud_assets.params import load_params
 
 
 class FileHashProject(ProjectResource):
@@ -34,8 +34,9 @@ class FileHashProject(ProjectResource):
 def _resources(root: Path, state: Path) -> dict:
     uri = f"sqlite:///{state / 'mlflow.db'}"
     return {
-        "project": FileHashProject(root=str(root)),
-        "mlflow": MlflowResource(tracking_uri=uri, artifact_root=(state / "artifacts").as_uri()),
+        "project": FileHashProject(root=str(root), data_subdir=load_params(root / "params.yaml").data.dir),
+        "mlflow": MlflowResource(tracking_uri=uri, artifact_root=(state / "artifacts").as_uri(),
+                                 experiment_name=load_params().registry.experiment),
         "io_manager": FrameIOManager(base_dir=str(state / "assets")),
         "prediction_log": PredictionLogResource(path=str(state / "predictions.sqlite")),
         "store": OnlineStoreResource(path=str(state / "online_store.sqlite")),
@@ -75,7 +76,7 @@ def test_graph_registers_and_promotes_a_champion(materialized: dict) -> None:
     assert result.success
     decision = result.output_for_node("promotion_decision")
     assert decision["promoted"] is True
-    champion = alias_version(client_for(materialized["uri"]), params.serve.model_name, "champion")
+    champion = alias_version(client_for(materialized["uri"]), params.registry.model_name, "champion")
     assert champion is not None
     assert str(champion.version) == decision["challenger_version"]
     assert float(champion.tags["threshold"]) == pytest.approx(
@@ -85,7 +86,7 @@ def test_graph_registers_and_promotes_a_champion(materialized: dict) -> None:
 def test_run_tags_carry_dvc_hashes(materialized: dict, small_project: Path) -> None:
     params = materialized["params"]
     client = client_for(materialized["uri"])
-    champion = alias_version(client, params.serve.model_name, "champion")
+    champion = alias_version(client, params.registry.model_name, "champion")
     run = client.get_run(champion.run_id)
     for month in materialized["months"]:
         expected = file_md5(snapshot_path(small_project / params.data.dir, month))

@@ -8,10 +8,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from fraud_assets.adapters.mlflow_registry import alias_version, client_for
 from fraud_assets.core.months import month_range
-from fraud_assets.definitions import build_assets
+from fraud_assets.orchestration.definitions import build_assets
 from fraud_assets.params import Params, load_params
-from fraud_assets.registry import alias_version, client_for
 from tests.dagster.test_pipeline import _resources
 
 WEAK = {"max_depth": 1, "n_estimators": 5}
@@ -53,7 +53,7 @@ def test_better_challenger_promoted_then_worse_refused(ingested: dict) -> None:
     assert worse["champion_version_after"] == better["challenger_version"]
 
     client = client_for(_resources(root, state)["mlflow"].tracking_uri)
-    name = params.serve.model_name
+    name = params.registry.model_name
     assert str(alias_version(client, name, "champion").version) == better["challenger_version"]
     tag = json.loads(client.get_model_version(name, worse["challenger_version"]).tags["promotion"])
     assert tag == {"promoted": False, "reason": worse["reason"]}

@@ -20,10 +20,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from fraud_assets.adapters.mlflow_registry import alias_history, alias_version, client_for, load_alias
 from fraud_assets.core.months import month_range
-from fraud_assets.definitions import build_assets
+from fraud_assets.orchestration.definitions import build_assets
 from fraud_assets.params import load_params
-from fraud_assets.registry import alias_history, alias_version, client_for, load_alias
 from tests.conftest import write_small_project
 from tests.dagster.test_pipeline import FileHashProject
 
@@ -80,13 +80,19 @@ def postgres() -> Iterator[str]:
 def test_train_register_promote_load_and_serve_on_postgres(postgres: str, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FRAUD_STATE_DIR", str(tmp_path / "state"))  # the prediction log of the served call
-    from fraud_assets.resources import FrameIOManager, MlflowResource, OnlineStoreResource, PredictionLogResource
+    from fraud_assets.orchestration.resources import (
+        FrameIOManager,
+        MlflowResource,
+        OnlineStoreResource,
+        PredictionLogResource,
+    )
 
     root = write_small_project(tmp_path / "project", months=4)
     params = load_params(root / "params.yaml")
     resources = {
-        "project": FileHashProject(root=str(root)),
-        "mlflow": MlflowResource(tracking_uri=postgres, artifact_root=(tmp_path / "artifacts").as_uri()),
+        "project": FileHashProject(root=str(root), data_subdir=load_params(root / "params.yaml").data.dir),
+        "mlflow": MlflowResource(tracking_uri=postgres, artifact_root=(tmp_path / "artifacts").as_uri(),
+                                 experiment_name=load_params().registry.experiment),
         "io_manager": FrameIOManager(base_dir=str(tmp_path / "assets")),
         "prediction_log": PredictionLogResource(path=str(tmp_path / "predictions.sqlite")),
         "store": OnlineStoreResource(path=str(tmp_path / "online_store.sqlite")),
@@ -103,7 +109,7 @@ def test_train_register_promote_load_and_serve_on_postgres(postgres: str, tmp_pa
     assert decision["promoted"]
 
     client = client_for(postgres)
-    name = params.serve.model_name
+    name = params.registry.model_name
     assert str(alias_version(client, name, "champion").version) == decision["challenger_version"]
     assert [m["version"] for m in alias_history(client, name, "champion")] == [decision["challenger_version"]]
     served = load_alias(client, name, "champion")  # what a serving replica does at start
@@ -112,7 +118,7 @@ def test_train_register_promote_load_and_serve_on_postgres(postgres: str, tmp_pa
     # Serve once: Ray Serve resolves the champion from PostgreSQL and scores over HTTP.
     import httpx
 
-    from serving.app import start_serving, stop_serving
+    from serving.local import start_serving, stop_serving
 
     monkeypatch.setenv("FRAUD_API_KEY", "postgres-test-key")
     url = start_serving(tracking_uri=postgres, port=_free_port())
@@ -136,9 +142,9 @@ def test_the_online_store_on_postgres_gives_batch_mode_features(postgres: str) -
     import numpy as np
     import pandas as pd
 
+    from fraud_assets.adapters.online_store import OnlineFeatures, PostgresTransactionStore, open_store
     from fraud_assets.core.features import FEATURE_COLUMNS, build_features
     from fraud_assets.core.simulate import simulate_months
-    from fraud_assets.store import OnlineFeatures, PostgresTransactionStore, open_store
 
     params = load_params()
     months = simulate_months(params.data, "2025-01", 2)

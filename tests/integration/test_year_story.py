@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fraud_assets.story import run_year, write_report
+from fraud_assets.cli.year_story import run_year, write_report
+from fraud_assets.params import load_params
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +17,7 @@ def test_drift_triggers_a_retrain_that_is_promoted_and_served(tmp_path: Path, mo
     monkeypatch.setenv("FRAUD_API_KEY", "year-story-test-key")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     lines: list[str] = []
-    records = run_year(tmp_path / "year", months=9, serve=True, log=lines.append)
+    records = run_year(tmp_path / "year", load_params(), months=9, serve=True, log=lines.append)
     assert [r.month for r in records][-1] == "2025-09"
     before = [r for r in records if r.card_testing_rows == 0]
     after = [r for r in records if r.card_testing_rows > 0]

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from serving.app import wait_until_ready
+from serving.local import wait_until_ready
 
 
 def test_wait_until_ready_times_out_naming_the_url() -> None:
@@ -45,7 +45,7 @@ def test_stopping_forgets_direct_ingress_mode(monkeypatch: pytest.MonkeyPatch) -
     """Direct ingress is switched on through the environment Ray inherits; stopping switches it off again."""
     import os
 
-    from serving.app import _direct_ingress_env, stop_serving
+    from serving.local import _direct_ingress_env, stop_serving
 
     env = _direct_ingress_env(31000)
     assert env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "31000" and env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"

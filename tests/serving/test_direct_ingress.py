@@ -14,15 +14,15 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-from fraud_assets import registry
+from fraud_assets.adapters import mlflow_registry
+from fraud_assets.adapters.online_store import SqliteTransactionStore
 from fraud_assets.core.features import build_features
 from fraud_assets.core.simulate import simulate_months
 from fraud_assets.core.train import predict
 from fraud_assets.params import load_params
-from fraud_assets.store import SqliteTransactionStore
-from serving.app import AppArgs, start_serving, stop_serving
+from serving.app import AppArgs
+from serving.local import start_serving, stop_serving
 from tests.serving.test_serving_http import _free_port, _register, _trained_booster
 
 pytestmark = pytest.mark.slow
@@ -52,17 +52,16 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     booster = _trained_booster(months)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     version = _register(uri, (tmp / "artifacts").as_uri(), booster, {"threshold": "0.5"})
-    registry.client_for(uri).set_registered_model_alias("fraud-detector", "champion", version)
+    mlflow_registry.client_for(uri).set_registered_model_alias("fraud-detector", "champion", version)
     store = tmp / "store.sqlite"
     SqliteTransactionStore(store).seed(pd.concat([months["2025-01"], months["2025-02"]], ignore_index=True))
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     first_port = _free_port()
-    raw["serve"].update(min_replicas=1, max_replicas=1, direct_ingress=True, direct_ingress_port=first_port)
-    (tmp / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    overrides = {"serve.min_replicas": 1, "serve.max_replicas": 1, "serve.direct_ingress": True,
+                 "serve.direct_ingress_port": first_port}
     os.environ["FRAUD_API_KEY"] = KEY
     try:
         url = start_serving(tracking_uri=uri, port=_free_port(), args=AppArgs(
-            params_path=str(tmp / "params.yaml"), prediction_log=str(tmp / "log.sqlite"), online_store=str(store)))
+            overrides=overrides, prediction_log=str(tmp / "log.sqlite"), online_store=str(store)))
         yield {"url": url, "port": first_port, "booster": booster, "months": months, "version": version}
     finally:
         stop_serving()

@@ -12,9 +12,10 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.app import AppArgs, start_serving
+from fraud_assets.adapters.prediction_log import PredictionLog
+from serving.app import AppArgs
 from serving.guard import Guard, GuardConfig, Metrics
-from serving.predlog import PredictionLog
+from serving.local import start_serving
 
 KEY = "unit-test-key"
 

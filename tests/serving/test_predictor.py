@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
+from fraud_assets.adapters.mlflow_registry import LoadedModel
 from fraud_assets.core.features import FEATURE_COLUMNS, online_features
 from fraud_assets.core.train import predict
 from fraud_assets.params import load_params
-from fraud_assets.registry import LoadedModel
 from serving.predictor import WARMUP_TRANSACTION, Predictor
 
 

@@ -21,18 +21,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from fraud_assets import registry
+from fraud_assets.adapters import mlflow_registry
+from fraud_assets.adapters.mlflow_registry import LoadedModel
+from fraud_assets.adapters.online_store import OnlineFeatures, SqliteTransactionStore
 from fraud_assets.core.features import FEATURE_COLUMNS, build_features, build_features_by_month
 from fraud_assets.core.simulate import simulate_months
 from fraud_assets.core.split import split_by_time
 from fraud_assets.core.train import predict, train_model
 from fraud_assets.params import FeatureParams, load_params
-from fraud_assets.registry import LoadedModel
-from fraud_assets.store import OnlineFeatures, SqliteTransactionStore
-from serving.app import AppArgs, start_serving, stop_serving
+from serving.app import AppArgs
+from serving.local import start_serving, stop_serving
 from serving.predictor import Predictor
 
 pytestmark = pytest.mark.slow
@@ -66,10 +66,10 @@ def _free_port() -> int:
 
 
 def _register(uri: str, artifact_root: str, booster: xgb.Booster, tags: dict[str, str]) -> str:
-    c = registry.client_for(uri)
-    run = c.create_run(registry.ensure_experiment(c, "fraud-detection", artifact_root))
-    model_uri = registry.log_booster(booster, run.info.run_id, uri)
-    mv = registry.register_version(c, MODEL, model_uri, run.info.run_id, tags)
+    c = mlflow_registry.client_for(uri)
+    run = c.create_run(mlflow_registry.ensure_experiment(c, "fraud-detection", artifact_root))
+    model_uri = mlflow_registry.log_booster(booster, run.info.run_id, uri)
+    mv = mlflow_registry.register_version(c, MODEL, model_uri, run.info.run_id, tags)
     c.set_terminated(run.info.run_id)
     return str(mv.version)
 
@@ -81,13 +81,8 @@ def _trained_booster(months: dict[str, pd.DataFrame]) -> xgb.Booster:
     return train_model(split.train, split.valid, params.train)
 
 
-def _params_file(tmp: Path) -> Path:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["serve"].update(min_replicas=1, max_replicas=1, reload_interval_s=0.5, max_batch_rows=MAX_ROWS,
-                        max_body_bytes=MAX_BODY)
-    path = tmp / "params.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+SERVE_OVERRIDES = {"serve.min_replicas": 1, "serve.max_replicas": 1, "serve.reload_interval_s": 0.5,
+                   "serve.max_batch_rows": MAX_ROWS, "serve.max_body_bytes": MAX_BODY}
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +92,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     months = simulate_months(load_params().data, "2025-01", 3)
     booster = _trained_booster(months)
     version = _register(uri, artifact_root, booster, {"threshold": str(THRESHOLD)})
-    registry.client_for(uri).set_registered_model_alias(MODEL, ALIAS, version)
+    mlflow_registry.client_for(uri).set_registered_model_alias(MODEL, ALIAS, version)
     log_path, store_path = tmp / "predictions.sqlite", tmp / "online_store.sqlite"
     SqliteTransactionStore(store_path).seed(pd.concat([months["2025-01"], months["2025-02"]], ignore_index=True))
-    args = AppArgs(params_path=str(_params_file(tmp)), prediction_log=str(log_path), online_store=str(store_path))
+    args = AppArgs(overrides=SERVE_OVERRIDES, prediction_log=str(log_path), online_store=str(store_path))
     previous = os.environ.get("FRAUD_API_KEY")
     os.environ["FRAUD_API_KEY"] = KEY  # Ray's local workers inherit it
     started = time.perf_counter()
@@ -415,9 +410,9 @@ def _register_corrupt(served: Served, tmp: Path) -> str:
     folder = tmp / "corrupt-model"
     folder.mkdir()
     (folder / "model.ubj").write_bytes(b"this is not an XGBoost model")
-    c = registry.client_for(served.tracking_uri)
-    run = c.create_run(registry.ensure_experiment(c, "fraud-detection", served.artifact_root))
-    mv = registry.register_version(c, MODEL, folder.as_uri(), run.info.run_id, {"threshold": "0.5"})
+    c = mlflow_registry.client_for(served.tracking_uri)
+    run = c.create_run(mlflow_registry.ensure_experiment(c, "fraud-detection", served.artifact_root))
+    mv = mlflow_registry.register_version(c, MODEL, folder.as_uri(), run.info.run_id, {"threshold": "0.5"})
     return str(mv.version)
 
 
@@ -429,7 +424,7 @@ def _foreign_booster() -> xgb.Booster:
 @pytest.mark.parametrize("kind", ["no threshold tag", "corrupt artifact", "fails its warm-up"])
 def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(http: httpx.Client, served: Served,
                                                                   tmp_path: Path, kind: str) -> None:
-    c = registry.client_for(served.tracking_uri)
+    c = mlflow_registry.client_for(served.tracking_uri)
     if kind == "no threshold tag":
         broken = _register(served.tracking_uri, served.artifact_root, served.booster, {"note": "no threshold"})
     elif kind == "corrupt artifact":
@@ -448,7 +443,7 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(http: httpx.C
 
 
 def test_the_alias_moves_under_load_without_errors_or_going_back(http: httpx.Client, served: Served) -> None:
-    c = registry.client_for(served.tracking_uri)
+    c = mlflow_registry.client_for(served.tracking_uri)
     newer = _register(served.tracking_uri, served.artifact_root, served.booster, {"threshold": "0.25"})
     clients, total = 8, 2000
     seen: list[list[str]] = [[] for _ in range(clients)]
@@ -498,7 +493,7 @@ def test_fraud_promote_and_rollback_move_what_is_served(http: httpx.Client, serv
     gives it back to the previous champion and the replica follows again; ``fraud history`` tells both."""
     from typer.testing import CliRunner
 
-    from fraud_assets.cli import app as cli
+    from fraud_assets.cli.main import app as cli
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", served.tracking_uri)
     runner = CliRunner()

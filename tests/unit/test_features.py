@@ -151,7 +151,7 @@ def test_store_replay_matches_batch_and_serves_other_processes(months: dict[str,
     import subprocess
     import sys
 
-    from fraud_assets.store import OnlineFeatures, SqliteTransactionStore
+    from fraud_assets.adapters.online_store import OnlineFeatures, SqliteTransactionStore
 
     history, month = months["2025-01"], months["2025-02"]
     store = SqliteTransactionStore(tmp_path / "online.sqlite")
@@ -167,7 +167,7 @@ def test_store_replay_matches_batch_and_serves_other_processes(months: dict[str,
         np.testing.assert_allclose(got, batch.loc[row["transaction_id"], FEATURE_COLUMNS].to_numpy(np.float64),
                                    rtol=0, atol=1e-9)
     assert store.count() == len(history) + len(head)
-    code = ("import sys; from fraud_assets.store import SqliteTransactionStore as S; "
+    code = ("import sys; from fraud_assets.adapters.online_store import SqliteTransactionStore as S; "
             "print(S(sys.argv[1]).count())")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "online.sqlite")], capture_output=True,
                          text=True, check=True)
@@ -177,8 +177,8 @@ def test_store_replay_matches_batch_and_serves_other_processes(months: dict[str,
 def test_a_large_batch_through_the_store_matches_batch_mode(months: dict[str, pd.DataFrame], tmp_path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Many keys in one call: the store reads them in chunks and still returns each row once."""
-    from fraud_assets import store as store_module
-    from fraud_assets.store import OnlineFeatures, SqliteTransactionStore
+    from fraud_assets.adapters import online_store as store_module
+    from fraud_assets.adapters.online_store import OnlineFeatures, SqliteTransactionStore
 
     monkeypatch.setattr(store_module, "_FEW_KEYS", 10)  # this small population has about a hundred customers
 
@@ -198,8 +198,8 @@ def test_a_large_batch_through_the_store_matches_batch_mode(months: dict[str, pd
 
 def test_pruning_older_than_the_lookback_changes_no_new_feature(months: dict[str, pd.DataFrame],
                                                                 tmp_path) -> None:
-    from fraud_assets.core.features import lookback_days
-    from fraud_assets.store import OnlineFeatures, SqliteTransactionStore
+    from fraud_assets.adapters.online_store import OnlineFeatures, SqliteTransactionStore
+    from fraud_assets.windows import lookback_days
 
     history, month = months["2025-01"], months["2025-02"]
     store = SqliteTransactionStore(tmp_path / "online.sqlite")
@@ -223,10 +223,8 @@ def test_pruning_older_than_the_lookback_changes_no_new_feature(months: dict[str
 
 
 def test_retention_shorter_than_the_features_lookback_is_refused() -> None:
-    raw = P.model_dump(mode="json")
-    raw["online_store"]["retention_days"] = 10
     with pytest.raises(ValueError, match=r"online_store.retention_days \(10\) must cover the 37 days"):
-        type(P).model_validate(raw)
+        P.updated({"online_store.retention_days": 10})
 
 
 def test_features_by_month_give_each_month_the_one_before_as_history(months: dict[str, pd.DataFrame]) -> None:

@@ -11,14 +11,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from fraud_assets import dvc_ops
-from fraud_assets.cli import app
+from fraud_assets.adapters import dvc_repo
+from fraud_assets.cli.main import app
 from fraud_assets.core.importer import parse_column_map, read_export, to_canonical
 from fraud_assets.core.lineage import file_md5
 from fraud_assets.core.simulate import simulate_months
 from fraud_assets.core.validate import SnapshotError
 from fraud_assets.params import load_params
-from tests.conftest import ROOT
 
 P = load_params()
 MAP = ["ref=transaction_id", "when=tx_datetime", "card=customer_id", "pos=terminal_id", "value=amount",
@@ -49,11 +48,11 @@ def _export(truth: pd.DataFrame, tz: str) -> pd.DataFrame:
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("import-template") / "repo"
     root.mkdir()
-    shutil.copy(ROOT / "params.yaml", root / "params.yaml")
+    load_params().write(root / "params.yaml")
     subprocess.run(["git", "init", "-q", str(root)], check=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("FRAUD_STATE_DIR", raising=False)
-        dvc_ops.ensure_repo(root)
+        dvc_repo.ensure_repo(root)
     return root
 
 
@@ -93,7 +92,7 @@ def test_csv_with_a_column_map_and_a_local_timezone(repo: Path, truth: pd.DataFr
     assert (merged["customer_id"] == merged["customer_id_truth"]).all()  # ids as strings
     assert (merged["is_fraud"] == merged["is_fraud_truth"]).all()
     assert got["tx_datetime"].is_monotonic_increasing
-    pinned = dvc_ops.month_hashes(repo)
+    pinned = dvc_repo.month_hashes(repo)
     assert pinned == {m: file_md5(p) for m, p in snaps.items()}
     assert all(h in out for h in pinned.values()) and "pushed" in out
     pushed = {p.name for p in (repo / ".state" / "dvc-remote").rglob("*") if p.is_file()}
@@ -110,22 +109,22 @@ def test_reimport_gives_the_same_hashes_and_other_data_needs_replace(repo: Path,
     frame.to_parquet(export, index=False)
     args = [str(export), *[a for m in MAP for a in ("--map", m)], "--timezone", "Europe/Paris", "--no-push"]
     assert _import(*args)[0] == 0
-    first = dvc_ops.month_hashes(repo)
+    first = dvc_repo.month_hashes(repo)
     dvc_file = (repo / "data.dvc").read_bytes()
     frame.sample(frac=1, random_state=1).to_parquet(export, index=False)  # same rows, another order
     code, out = _import(*args)
     assert code == 0, out
-    assert dvc_ops.month_hashes(repo) == first and (repo / "data.dvc").read_bytes() == dvc_file
+    assert dvc_repo.month_hashes(repo) == first and (repo / "data.dvc").read_bytes() == dvc_file
     assert out.count("unchanged") == 2
 
     frame.loc[frame.index[0], "value"] += 1.0  # other data for a month that exists
     frame.to_parquet(export, index=False)
     code, out = _import(*args)
     assert code == 1 and "already exist" in out and "--replace" in out
-    assert dvc_ops.month_hashes(repo) == first
+    assert dvc_repo.month_hashes(repo) == first
     code, out = _import(*args, "--replace")
     assert code == 0, out
-    after = dvc_ops.month_hashes(repo)
+    after = dvc_repo.month_hashes(repo)
     changed = {m for m in first if after[m] != first[m]}
     assert len(changed) == 1 and "replaced" in out and "unchanged" in out
 

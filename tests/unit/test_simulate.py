@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from typer.testing import CliRunner
 
-from fraud_assets.cli import app
+from fraud_assets.cli.main import app
 from fraud_assets.core.lineage import file_md5
 from fraud_assets.core.months import month_bounds
 from fraud_assets.core.simulate import (
@@ -24,7 +23,6 @@ from fraud_assets.core.simulate import (
     simulate_months,
 )
 from fraud_assets.params import DataParams, load_params
-from tests.conftest import ROOT
 
 P = load_params()
 
@@ -194,13 +192,11 @@ def test_default_months_have_no_card_testing_and_a_small_fraud_rate() -> None:
 
 def test_cli_simulate_writes_months_and_prints_a_summary_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                               ) -> None:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["data"]["n_customers"] = 200
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = load_params(overrides={"data.n_customers": 200}).write(tmp_path / "params.yaml")
     monkeypatch.setenv("FRAUD_PROJECT_ROOT", str(tmp_path))
     res = CliRunner().invoke(app, ["simulate", "--start", "2025-06", "--months", "2"])
     assert res.exit_code == 0, res.output
-    data = tmp_path / raw["data"]["dir"]
+    data = tmp_path / load_params(params).data.dir
     for month in ("2025-06", "2025-07"):
         path = data / f"{month}.parquet"
         frame = pd.read_parquet(path)

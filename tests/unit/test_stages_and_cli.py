@@ -8,17 +8,20 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fraud_assets import dvc_ops
-from fraud_assets.cli import app
+from fraud_assets.adapters import dvc_repo
+from fraud_assets.cli.main import app
+from fraud_assets.params import load_params
 from fraud_assets.stages import evaluate, featurize, prepare, train
 from tests.conftest import write_small_project
+
+DATA_DIR = load_params().data.dir
 
 
 @pytest.fixture(scope="module")
 def pinned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = write_small_project(tmp_path_factory.mktemp("pinned"), months=4)
-    dvc_ops.ensure_repo(root)
-    dvc_ops.pin_snapshots(root, push=True)
+    dvc_repo.ensure_repo(root)
+    dvc_repo.pin_snapshots(root, DATA_DIR, push=True)
     return root
 
 
@@ -29,7 +32,7 @@ def test_stages_write_prepared_features_model_and_metrics(pinned: Path, monkeypa
     counts = json.loads((pinned / "data/prepared/counts.json").read_text())
     assert all(c["rows_in"] == c["rows_valid"] + c["rows_quarantined"] for c in counts.values())
     meta = json.loads((pinned / "models/model_meta.json").read_text())
-    hashes = dvc_ops.month_hashes(pinned)
+    hashes = dvc_repo.month_hashes(pinned)
     assert meta["data_versions"] == {m: hashes[m] for m in meta["data_versions"]}
     assert (pinned / "models/model.ubj").stat().st_size > 0
     metrics = json.loads((pinned / "metrics/evaluation.json").read_text())

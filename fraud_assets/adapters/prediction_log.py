@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+import pandas as pd
+
+from fraud_assets.core.months import month_bounds
 
 logger = logging.getLogger("ray.serve")
 
@@ -77,6 +80,24 @@ def prediction_rows(request_ids: Sequence[str], transactions: Sequence[Mapping[s
                      orjson.dumps(dict(zip(feature_names, x, strict=True))).decode(), d["fraud_probability"],
                      int(d["alert"]), d["threshold"]))
     return rows
+
+
+def read_month(path: str | Path, month: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Predictions of transactions dated in ``month`` and every label received (empty frames when no log yet)."""
+    empty = (pd.DataFrame(columns=["transaction_id", "tx_datetime", "model_version", "fraud_probability", "alert"]),
+             pd.DataFrame(columns=["transaction_id", "is_fraud", "received_at"]))
+    if not Path(path).exists():
+        return empty
+    start, end = month_bounds(month)
+    # Timestamps are ISO text with any UTC offset: narrow with a day of slack in SQL, then exactly in UTC.
+    lo, hi = (start - pd.Timedelta(days=1)).strftime("%Y-%m-%d"), (end + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0) as conn:
+        preds = pd.read_sql_query(
+            "SELECT transaction_id, tx_datetime, model_version, fraud_probability, alert FROM predictions "
+            "WHERE tx_datetime >= ? AND tx_datetime < ?", conn, params=(lo, hi))
+        labels = pd.read_sql_query("SELECT transaction_id, is_fraud, received_at FROM labels", conn)
+    when = pd.to_datetime(preds["tx_datetime"], utc=True, format="ISO8601")
+    return preds.loc[(when >= start) & (when < end)].reset_index(drop=True), labels
 
 
 class PredictionLog:

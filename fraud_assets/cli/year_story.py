@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from fraud_assets.params import Params
 
 Log = Callable[[str], None]
 
@@ -55,29 +55,26 @@ class MonthRecord:
     serving_version_after: str | None = None
 
 
-def prepare_project(base: Path, months: int) -> tuple[Path, Path]:
-    """A fresh project folder (params.yaml for ``months`` months) and state folder under ``base``."""
-    from fraud_assets.settings import project_root
-
+def prepare_project(base: Path, params: Params) -> tuple[Path, Path]:
+    """A fresh project folder (with ``params`` as its params.yaml) and state folder under ``base``."""
     if base.exists():
         shutil.rmtree(base)
     project, state = base / "project", base / "state"
     project.mkdir(parents=True)
     state.mkdir(parents=True)
-    raw = yaml.safe_load((project_root() / "params.yaml").read_text())
-    raw["data"]["months"] = months
-    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params.write(project / "params.yaml")
     return project, state
 
 
 class _Service:
     """The served champion over HTTP (Ray Serve), with the story's API key."""
 
-    def __init__(self, tracking_uri: str, log: Log) -> None:
-        from serving.app import start_serving
+    def __init__(self, tracking_uri: str, project: Path, log: Log) -> None:
+        from serving.app import AppArgs
+        from serving.local import start_serving
 
         self.key = os.environ.setdefault("FRAUD_API_KEY", secrets.token_urlsafe(24))
-        self.url = start_serving(tracking_uri=tracking_uri)
+        self.url = start_serving(tracking_uri=tracking_uri, args=AppArgs(params_path=str(project / "params.yaml")))
         self.log = log
 
     def score(self, frame: Any, batch_rows: int) -> int:
@@ -113,32 +110,33 @@ class _Service:
         raise TimeoutError(f"serving did not move to v{version} within {timeout_s:.0f} s")
 
     def stop(self) -> None:
-        from serving.app import stop_serving
+        from serving.local import stop_serving
 
         stop_serving()
 
 
-def run_year(base: Path, months: int = 12, serve: bool = True, bootstrap_months: int = 3,
+def run_year(base: Path, params: Params, months: int = 12, serve: bool = True, bootstrap_months: int = 3,
              label_share: float = 0.2, log: Log = print) -> list[MonthRecord]:
-    """Run the story in ``base`` and return one record per month (see the module docstring)."""
+    """Run the story in ``base`` with ``params`` (the story's length set to ``months``) and return one record per
+    month (see the module docstring)."""
     import dagster as dg
 
-    from fraud_assets import dvc_ops, registry, settings
-    from fraud_assets.automation import INGEST_JOB, RETRAIN_JOB
+    from fraud_assets import settings
+    from fraud_assets.adapters import dvc_repo, mlflow_registry
     from fraud_assets.core.months import month_range, snapshot_path
     from fraud_assets.core.simulate import make_population, simulate_month
-    from fraud_assets.definitions import build_definitions
-    from fraud_assets.orchestrate import QUIET
-    from fraud_assets.params import load_params
+    from fraud_assets.orchestration.automation import INGEST_JOB, RETRAIN_JOB
+    from fraud_assets.orchestration.definitions import build_definitions
+    from fraud_assets.orchestration.runner import QUIET, ensure_dagster_home
 
-    project, state = prepare_project(base, months)
+    params = params.updated({"data.months": months})
+    project, state = prepare_project(base, params)
     os.environ["FRAUD_STATE_DIR"] = str(state)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    params = load_params(project / "params.yaml")
-    name = params.serve.model_name
-    client = registry.client_for(settings.mlflow_tracking_uri())
-    dvc_ops.ensure_repo(project)
-    defs = build_definitions(project)
+    name, champion_alias = params.registry.model_name, params.registry.champion_alias
+    client = mlflow_registry.client_for(settings.mlflow_tracking_uri())
+    dvc_repo.ensure_repo(project)
+    defs = build_definitions(project, params=params)
     sensors = {n: defs.resolve_sensor_def(n) for n in
                ("new_snapshot_sensor", "drift_retrain_sensor", "live_performance_retrain_sensor")}
     cursors: dict[str, str | None] = dict.fromkeys(sensors)
@@ -146,8 +144,7 @@ def run_year(base: Path, months: int = 12, serve: bool = True, bootstrap_months:
     (project / params.data.dir).mkdir(parents=True, exist_ok=True)
     service: _Service | None = None
     records: list[MonthRecord] = []
-    (state / "dagster").mkdir(parents=True, exist_ok=True)
-    with dg.DagsterInstance.local_temp(str(state / "dagster")) as instance:
+    with dg.DagsterInstance.local_temp(str(ensure_dagster_home(state / "dagster"))) as instance:
 
         def evaluate(sensor_name: str) -> list[dg.RunRequest]:
             ctx = dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursors[sensor_name])
@@ -168,17 +165,17 @@ def run_year(base: Path, months: int = 12, serve: bool = True, bootstrap_months:
         try:
             for month in month_range(params.data.start_month, months):
                 frame = simulate_month(params.data, month, population)
-                champion = registry.alias_version(client, name, "champion")
+                champion = mlflow_registry.alias_version(client, name, champion_alias)
                 rec = MonthRecord(month=month, rows=len(frame), fraud_rate=float(frame["is_fraud"].mean()),
                                   card_testing_rows=int((frame["fraud_scenario"] == "card_testing").sum()),
                                   champion_before=str(champion.version) if champion else None)
                 if champion is not None and serve:
                     if service is None:
-                        service = _Service(settings.mlflow_tracking_uri(), log)
+                        service = _Service(settings.mlflow_tracking_uri(), project, log)
                     rec.served_rows = service.score(frame, params.serve.max_batch_rows)
                     service.label(frame.sample(frac=label_share, random_state=0))
                 frame.to_parquet(snapshot_path(project / params.data.dir, month), index=False)
-                dvc_ops.pin_snapshots(project, push=True)
+                dvc_repo.pin_snapshots(project, params.data.dir, push=True)
                 for req in evaluate("new_snapshot_sensor"):
                     result = run(INGEST_JOB, req.partition_key, {**req.tags, "fraud/trigger": "new_snapshot"})
                     if req.partition_key == month:
@@ -191,7 +188,7 @@ def run_year(base: Path, months: int = 12, serve: bool = True, bootstrap_months:
                                                if r.partition_key == partition}))
                     result = run(RETRAIN_JOB, partition, {"fraud/trigger": trigger})
                     rec.retrains.append(_retrain_summary(result, trigger, frame))
-                after = registry.alias_version(client, name, "champion")
+                after = mlflow_registry.alias_version(client, name, champion_alias)
                 rec.champion_after = str(after.version) if after else None
                 if service is not None and rec.champion_after and rec.champion_after != rec.champion_before:
                     waited = service.wait_for_version(rec.champion_after)

@@ -4,9 +4,11 @@
 import dagster as dg
 import pandas as pd
 
-from fraud_assets.core.features import DAY_S, FEATURE_COLUMNS, build_features
+from fraud_assets.core.features import FEATURE_COLUMNS, build_features
+from fraud_assets.orchestration.partitions import months_before
+from fraud_assets.orchestration.resources import BY_PARTITION, OnlineStoreResource
 from fraud_assets.params import Params
-from fraud_assets.resources import BY_PARTITION, OnlineStoreResource
+from fraud_assets.windows import DAY_S
 
 GROUP = "features"
 
@@ -15,8 +17,7 @@ def build_feature_assets(params: Params, partitions: dg.PartitionsDefinition) ->
     """The feature assets for ``partitions``."""
     with_previous = dg.AssetIn(  # the month and the one before it: windows reach back across the boundary
         "validated_transactions",
-        partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=0,
-                                                        allow_nonexistent_upstream_partitions=True),
+        partition_mapping=months_before(1),
         metadata={BY_PARTITION: True},
     )
 

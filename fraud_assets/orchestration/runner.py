@@ -9,19 +9,30 @@ from pathlib import Path
 import dagster as dg
 
 from fraud_assets import settings
-from fraud_assets.definitions import build_assets, default_resources
-from fraud_assets.params import load_params
+from fraud_assets.orchestration.definitions import build_assets, default_resources
+from fraud_assets.params import Params
+
+INSTANCE_CONFIG = "telemetry:\n  enabled: false\n"  # DAGSTER_DISABLE_TELEMETRY alone leaves the banner on
+
+
+def ensure_dagster_home(home: Path | None = None) -> Path:
+    """The Dagster home folder (default: the state folder's), with a ``dagster.yaml`` turning telemetry off
+    unless one is there already (a team's own instance config is never overwritten)."""
+    home = home or settings.dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(INSTANCE_CONFIG)
+    return home
 
 
 def project_instance() -> dg.DagsterInstance:
     """The persistent Dagster instance under the state folder (the one `dagster dev` shows)."""
-    home = settings.dagster_home()
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ["DAGSTER_HOME"] = str(home)
+    os.environ["DAGSTER_HOME"] = str(ensure_dagster_home())
     return dg.DagsterInstance.get()
 
 
-def run_months(months: Sequence[str], train_month: str | None, root: Path | None = None,
+def run_months(months: Sequence[str], train_month: str | None, root: Path, params: Params,
                instance: dg.DagsterInstance | None = None) -> dict:
     """Ingest and featurize each of ``months``, then train, evaluate and decide for ``train_month``.
 
@@ -29,10 +40,8 @@ def run_months(months: Sequence[str], train_month: str | None, root: Path | None
     Raises:
         RuntimeError: a run failed; the message names the run and the month.
     """
-    root = root or settings.project_root()
-    params = load_params(root / "params.yaml")
     assets = build_assets(params)
-    resources = default_resources(root)
+    resources = default_resources(root, params)
     instance = instance or project_instance()
     for month in months:
         _run(assets, resources, instance, month, dg.AssetSelection.groups("ingestion", "features"))

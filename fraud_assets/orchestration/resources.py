@@ -10,26 +10,23 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from pydantic import PrivateAttr
 
-from fraud_assets import registry
-from fraud_assets.params import Params, load_params
+from fraud_assets.adapters import dvc_repo, mlflow_registry
+from fraud_assets.adapters.online_store import TransactionStore, open_store
+from fraud_assets.adapters.prediction_log import read_month
 
 
 class ProjectResource(dg.ConfigurableResource):
-    """The project folder: its params.yaml, snapshot folder and DVC-pinned data versions."""
+    """The project folder, its snapshot folder (``data.dir``) and the DVC-pinned data versions."""
 
     root: str
-
-    def params(self) -> Params:
-        return load_params(Path(self.root) / "params.yaml")
+    data_subdir: str
 
     def data_dir(self) -> Path:
-        return Path(self.root) / self.params().data.dir
+        return Path(self.root) / self.data_subdir
 
     def snapshot_version(self, month: str) -> str:
         """The DVC hash of a month's snapshot (raises if the file changed since it was pinned)."""
-        from fraud_assets import dvc_ops
-
-        return dvc_ops.snapshot_version(Path(self.root), month)
+        return dvc_repo.snapshot_version(Path(self.root), self.data_subdir, month)
 
 
 class MlflowResource(dg.ConfigurableResource):
@@ -40,17 +37,17 @@ class MlflowResource(dg.ConfigurableResource):
 
     tracking_uri: str
     artifact_root: str
-    experiment_name: str = "fraud-detection"
+    experiment_name: str
     _client: MlflowClient | None = PrivateAttr(default=None)
 
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = registry.client_for(self.tracking_uri)
+            self._client = mlflow_registry.client_for(self.tracking_uri)
         return self._client
 
     def start_run(self, run_name: str, tags: dict[str, str]) -> str:
         """Create a run in the project experiment and return its id."""
-        exp_id = registry.ensure_experiment(self.client(), self.experiment_name, self.artifact_root)
+        exp_id = mlflow_registry.ensure_experiment(self.client(), self.experiment_name, self.artifact_root)
         return self.client().create_run(exp_id, run_name=run_name, tags=tags).info.run_id
 
 
@@ -60,9 +57,8 @@ class OnlineStoreResource(dg.ConfigurableResource):
 
     path: str
 
-    def get(self) -> "TransactionStore":  # noqa: F821 (imported lazily: nothing opened at import time)
-        from fraud_assets.store import open_store
-
+    def get(self) -> TransactionStore:
+        """The store (opened on first use by its own methods)."""
         return open_store(self.path)
 
 
@@ -73,25 +69,7 @@ class PredictionLogResource(dg.ConfigurableResource):
 
     def read_month(self, month: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Predictions of transactions dated in ``month`` and every label received (empty when no log yet)."""
-        import sqlite3
-
-        from fraud_assets.core.months import month_bounds
-
-        empty = (pd.DataFrame(columns=["transaction_id", "tx_datetime", "model_version", "fraud_probability",
-                                       "alert"]),
-                 pd.DataFrame(columns=["transaction_id", "is_fraud", "received_at"]))
-        if not Path(self.path).exists():
-            return empty
-        start, end = month_bounds(month)
-        # Timestamps are ISO text with any UTC offset: narrow with a day of slack in SQL, then exactly in UTC.
-        lo, hi = (start - pd.Timedelta(days=1)).strftime("%Y-%m-%d"), (end + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
-        with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30.0) as conn:
-            preds = pd.read_sql_query(
-                "SELECT transaction_id, tx_datetime, model_version, fraud_probability, alert FROM predictions "
-                "WHERE tx_datetime >= ? AND tx_datetime < ?", conn, params=(lo, hi))
-            labels = pd.read_sql_query("SELECT transaction_id, is_fraud, received_at FROM labels", conn)
-        when = pd.to_datetime(preds["tx_datetime"], utc=True, format="ISO8601")
-        return preds.loc[(when >= start) & (when < end)].reset_index(drop=True), labels
+        return read_month(self.path, month)
 
 
 BY_PARTITION = "by_partition"  # AssetIn metadata: load a partition range as {partition: value}

@@ -9,11 +9,11 @@ from typing import Any
 import dagster as dg
 
 from fraud_assets import settings
-from fraud_assets.assets.features import build_feature_assets
-from fraud_assets.assets.ingestion import build_ingestion_assets
-from fraud_assets.assets.monitoring import build_monitoring_assets
-from fraud_assets.assets.training import build_training_assets
-from fraud_assets.automation import (
+from fraud_assets.orchestration.assets.features import build_feature_assets
+from fraud_assets.orchestration.assets.ingestion import build_ingestion_assets
+from fraud_assets.orchestration.assets.monitoring import build_monitoring_assets
+from fraud_assets.orchestration.assets.training import build_training_assets
+from fraud_assets.orchestration.automation import (
     build_drift_sensor,
     build_failure_sensor,
     build_jobs,
@@ -21,15 +21,15 @@ from fraud_assets.automation import (
     build_schedule,
     build_snapshot_sensor,
 )
-from fraud_assets.params import Params, load_params
-from fraud_assets.partitions import monthly_partitions
-from fraud_assets.resources import (
+from fraud_assets.orchestration.partitions import monthly_partitions
+from fraud_assets.orchestration.resources import (
     FrameIOManager,
     MlflowResource,
     OnlineStoreResource,
     PredictionLogResource,
     ProjectResource,
 )
+from fraud_assets.params import Params, load_params
 
 
 def build_assets(params: Params) -> list[dg.AssetsDefinition]:
@@ -39,23 +39,25 @@ def build_assets(params: Params) -> list[dg.AssetsDefinition]:
             *build_training_assets(params, parts), *build_monitoring_assets(params, parts)]
 
 
-def default_resources(root: Path) -> dict[str, Any]:
+def default_resources(root: Path, params: Params) -> dict[str, Any]:
     """Resources on the embedded defaults: files, SQLite MLflow, all under the state folder."""
     return {
-        "project": ProjectResource(root=str(root)),
+        "project": ProjectResource(root=str(root), data_subdir=params.data.dir),
         "mlflow": MlflowResource(tracking_uri=settings.mlflow_tracking_uri(),
-                                 artifact_root=settings.mlflow_artifact_root()),
+                                 artifact_root=settings.mlflow_artifact_root(),
+                                 experiment_name=params.registry.experiment),
         "io_manager": FrameIOManager(base_dir=str(settings.state_dir() / "assets")),
         "prediction_log": PredictionLogResource(path=str(settings.prediction_log_path())),
         "store": OnlineStoreResource(path=settings.online_store_location()),
     }
 
 
-def build_definitions(root: Path | None = None, resources: Mapping[str, Any] | None = None) -> dg.Definitions:
-    """Definitions for the project at ``root`` (resources overridable for tests)."""
+def build_definitions(root: Path | None = None, resources: Mapping[str, Any] | None = None,
+                      params: Params | None = None) -> dg.Definitions:
+    """Definitions for the project at ``root`` with its ``params.yaml`` (or ``params``; resources overridable)."""
     settings.disable_telemetry()
     root = root or settings.project_root()
-    params = load_params(root / "params.yaml")
+    params = params or load_params(root / "params.yaml")
     parts = monthly_partitions(params)
     return dg.Definitions(
         assets=build_assets(params),
@@ -63,7 +65,7 @@ def build_definitions(root: Path | None = None, resources: Mapping[str, Any] | N
         schedules=[build_schedule(params, root)],
         sensors=[build_snapshot_sensor(params, root), build_drift_sensor(),
                  build_live_performance_sensor(), build_failure_sensor()],
-        resources={**default_resources(root), **(resources or {})},
+        resources={**default_resources(root, params), **(resources or {})},
     )
 
 

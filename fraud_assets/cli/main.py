@@ -11,17 +11,21 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fraud_assets import settings
+from fraud_assets.params import Params, load_params
 
 if TYPE_CHECKING:
     import pandas as pd
+    from mlflow import MlflowClient
 
 app = typer.Typer(help="Fraud detection MLOps: DVC snapshots -> Dagster -> MLflow -> Ray Serve.",
                   no_args_is_help=True, add_completion=False)
 
 
-def _root() -> Path:
+def _project() -> tuple[Path, Params]:
+    """The project folder and its parameters, loaded once per command."""
     settings.disable_telemetry()
-    return settings.project_root()
+    root = settings.project_root()
+    return root, load_params(root / "params.yaml")
 
 
 @app.command()
@@ -31,16 +35,20 @@ def simulate(
     pin: Annotated[bool, typer.Option("--pin/--no-pin", help="Pin with DVC and push when done")] = False,
 ) -> None:
     """Simulate monthly snapshots into the data folder and print a summary per month as each is written."""
+    root, p = _project()
+    _simulate(root, p, start, months)
+    if pin:
+        _pin_and_report(root, p, push=True)
+
+
+def _simulate(root: Path, p: Params, start: str | None = None, months: int | None = None) -> None:
     import pandas as pd
 
     from fraud_assets.core.lineage import file_md5
     from fraud_assets.core.months import snapshot_path
     from fraud_assets.core.simulate import iter_months
     from fraud_assets.core.validate import earlier_month_ids, validate_transactions
-    from fraud_assets.params import load_params
 
-    root = _root()
-    p = load_params(root / "params.yaml")
     data_dir = root / p.data.dir
     data_dir.mkdir(parents=True, exist_ok=True)
     first = start or p.data.start_month
@@ -54,8 +62,6 @@ def simulate(
         by = frame.loc[frame["is_fraud"] == 1, "fraud_scenario"].value_counts()
         scenarios = " ".join(f"{_SHORT.get(k, k)}={v}" for k, v in sorted(by.items()))
         typer.echo(_summary_line(month, frame, result.counts["rows_quarantined"], file_md5(path)) + f"  {scenarios}")
-    if pin:
-        _pin_and_report(root, push=True)
 
 
 _SUMMARY_HEADER = f"{'month':8} {'rows':>8} {'fraud %':>8} {'quarant.':>8}  {'md5 (= DVC hash)':32}"
@@ -68,13 +74,13 @@ def _summary_line(month: str, frame: pd.DataFrame, quarantined: int, md5: str) -
     return f"{month:8} {len(frame):>8} {rate:>7.2f}% {quarantined:>8}  {md5:32}"
 
 
-def _pin_and_report(root: Path, push: bool) -> dict[str, str]:
-    from fraud_assets import dvc_ops
+def _pin_and_report(root: Path, p: Params, push: bool) -> dict[str, str]:
+    from fraud_assets.adapters import dvc_repo
 
-    dvc_ops.ensure_repo(root)
-    hashes = dvc_ops.pin_snapshots(root, push=push)
+    dvc_repo.ensure_repo(root)
+    hashes = dvc_repo.pin_snapshots(root, p.data.dir, push=push)
     pushed = " and pushed to the DVC remote" if push else ""
-    typer.echo(f"pinned {len(hashes)} month(s) in {dvc_ops.DVC_FILE}{pushed}")
+    typer.echo(f"pinned {len(hashes)} month(s) in {dvc_repo.DVC_FILE}{pushed}")
     return hashes
 
 
@@ -90,16 +96,15 @@ def import_(
     """Import an export as monthly snapshots (UTC months), pin them with DVC and push; print a summary."""
     from fraud_assets.core.importer import import_file, parse_column_map
     from fraud_assets.core.validate import SnapshotError, earlier_month_ids, read_snapshot, validate_transactions
-    from fraud_assets.params import load_params
 
-    root = _root()
-    data_dir = root / load_params(root / "params.yaml").data.dir
+    root, p = _project()
+    data_dir = root / p.data.dir
     try:
         written = import_file(file, data_dir, parse_column_map(map_ or []), timezone, replace=replace)
     except (SnapshotError, ValueError, FileExistsError) as exc:
         typer.secho(f"import failed: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
-    hashes = _pin_and_report(root, push=push)
+    hashes = _pin_and_report(root, p, push=push)
     typer.echo(_SUMMARY_HEADER + "  snapshot")
     for w in written:
         frame = read_snapshot(w.path)
@@ -111,11 +116,8 @@ def import_(
 @app.command()
 def pin(push: Annotated[bool, typer.Option(help="Push to the DVC remote too")] = True) -> None:
     """Pin the snapshot folder with DVC (data.dvc) and push it to the remote."""
-    from fraud_assets import dvc_ops
-
-    root = _root()
-    dvc_ops.ensure_repo(root)
-    for month, md5 in sorted(dvc_ops.pin_snapshots(root, push=push).items()):
+    root, p = _project()
+    for month, md5 in sorted(_pin_and_report(root, p, push=push).items()):
         typer.echo(f"{month}  {md5}")
 
 
@@ -126,19 +128,23 @@ def pipeline(
     until: Annotated[str | None, typer.Option(help="Ingest every snapshot up to this month, train for it")] = None,
 ) -> None:
     """Materialize the asset graph as Dagster runs: ingest each month, then train for the latest."""
-    from fraud_assets.core.months import available_months
-    from fraud_assets.orchestrate import run_months
-    from fraud_assets.params import load_params
+    root, p = _project()
+    _pipeline(root, p, month, train, until)
 
-    root = _root()
-    months = sorted(month or available_months(root / load_params(root / "params.yaml").data.dir))
+
+def _pipeline(root: Path, p: Params, month: list[str] | None = None, train: bool = True,
+              until: str | None = None) -> None:
+    from fraud_assets.core.months import available_months
+    from fraud_assets.orchestration.runner import run_months
+
+    months = sorted(month or available_months(root / p.data.dir))
     if until is not None:
         if until not in months:
             raise typer.BadParameter(f"no snapshot for {until}; have {', '.join(months) or 'none'}")
         months = [m for m in months if m <= until]
     if not months:
         raise typer.BadParameter("no snapshots found: run `fraud simulate` first")
-    decision = run_months(months, months[-1] if train else None, root)
+    decision = run_months(months, months[-1] if train else None, root, p)
     if decision:
         _print_decision(decision)
 
@@ -159,16 +165,17 @@ def serve(
     insecure_local: Annotated[bool, typer.Option(help="Serve without an API key (local experiments only)")] = False,
 ) -> None:
     """Serve the champion with Ray Serve until Ctrl-C (or SIGTERM); needs $FRAUD_API_KEY unless --insecure-local."""
-    from serving.app import AppArgs, start_serving, stop_serving
+    from serving.app import AppArgs
+    from serving.local import start_serving, stop_serving
 
-    _root()
+    _, p = _project()
     _ensure_api_key(generate=False)
     try:
         url = start_serving(host=host, port=port, args=AppArgs(insecure_local=insecure_local))
     except RuntimeError as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
-    typer.echo(f"serving models:/fraud-detector@champion at {url} (Ctrl-C to stop)")
+    typer.echo(f"serving models:/{p.registry.model_name}@{p.registry.champion_alias} at {url} (Ctrl-C to stop)")
     signal.signal(signal.SIGTERM, _raise_interrupt)  # Ray replaced the handler in ray.init
     try:
         while True:
@@ -189,18 +196,16 @@ def score(
     n: Annotated[int, typer.Option(help="How many transactions to send")] = 8,
 ) -> None:
     """Send transactions from the latest snapshot to the service and print its answers."""
-    root = _root()
-    _score_over_http(root, url, n)
+    root, p = _project()
+    _score_over_http(root, p, url, n)
 
 
-def _score_over_http(root: Path, url: str | None, n: int) -> list[dict]:
+def _score_over_http(root: Path, p: Params, url: str | None, n: int) -> list[dict]:
     import httpx
 
     from fraud_assets.core.months import available_months, snapshot_path
     from fraud_assets.core.validate import read_snapshot
-    from fraud_assets.params import load_params
 
-    p = load_params(root / "params.yaml")
     base = url or f"http://{p.serve.host}:{p.serve.port}"
     months = available_months(root / p.data.dir)
     if not months:
@@ -237,30 +242,26 @@ def _api_key() -> str | None:
     return key or None
 
 
+def _client() -> MlflowClient:
+    from fraud_assets.adapters import mlflow_registry
+
+    return mlflow_registry.client_for(settings.mlflow_tracking_uri())
+
+
 @app.command()
 def status() -> None:
     """Print the registry's champion and challenger with their tags."""
-    from fraud_assets import registry
-    from fraud_assets.params import load_params
+    from fraud_assets.adapters import mlflow_registry
 
-    root = _root()
-    p = load_params(root / "params.yaml")
-    client = registry.client_for(settings.mlflow_tracking_uri())
-    for alias in ("champion", "challenger"):
-        mv = registry.alias_version(client, p.serve.model_name, alias)
+    _, p = _project()
+    client, name = _client(), p.registry.model_name
+    for alias in (p.registry.champion_alias, p.registry.challenger_alias):
+        mv = mlflow_registry.alias_version(client, name, alias)
         if mv is None:
             typer.echo(f"{alias}: none")
             continue
-        typer.echo(f"{alias}: {p.serve.model_name} v{mv.version} (run {mv.run_id})")
+        typer.echo(f"{alias}: {name} v{mv.version} (run {mv.run_id})")
         typer.echo(json.dumps(dict(sorted(mv.tags.items())), indent=2))
-
-
-def _registry_context() -> tuple:
-    from fraud_assets import registry
-    from fraud_assets.params import load_params
-
-    p = load_params(_root() / "params.yaml")
-    return registry, registry.client_for(settings.mlflow_tracking_uri()), p.serve.model_name
 
 
 def _actor() -> str:
@@ -274,59 +275,65 @@ def promote(
     version: Annotated[str, typer.Option(help="Model version to make champion")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the history)")],
 ) -> None:
-    """Move alias ``champion`` to a version by hand; the serving app follows the alias."""
-    registry, client, name = _registry_context()
-    previous = registry.move_alias(client, name, "champion", version, reason, actor=_actor())
-    typer.echo(f"champion: v{previous or '-'} -> v{version}")
+    """Move the champion alias to a version by hand; the serving app follows the alias."""
+    from fraud_assets.adapters import mlflow_registry
+
+    _, p = _project()
+    reg = p.registry
+    previous = mlflow_registry.move_alias(_client(), reg.model_name, reg.champion_alias, version, reason,
+                                          actor=_actor())
+    typer.echo(f"{reg.champion_alias}: v{previous or '-'} -> v{version}")
 
 
 @app.command()
 def rollback(reason: Annotated[str, typer.Option(help="Why (recorded in the history)")]) -> None:
-    """Give ``champion`` back to the version that held it before the current one."""
+    """Give the champion alias back to the version that held it before the current one."""
+    from fraud_assets.adapters import mlflow_registry
     from fraud_assets.core.promote import rollback_target
 
-    registry, client, name = _registry_context()
-    current = registry.alias_version(client, name, "champion")
+    _, p = _project()
+    client, name, alias = _client(), p.registry.model_name, p.registry.champion_alias
+    current = mlflow_registry.alias_version(client, name, alias)
     if current is None:
-        raise typer.BadParameter("no champion to roll back")
-    previous = rollback_target(registry.alias_history(client, name, "champion"))
+        raise typer.BadParameter(f"no {alias} to roll back")
+    previous = rollback_target(mlflow_registry.alias_history(client, name, alias))
     if not previous:
-        raise typer.BadParameter(f"champion v{current.version} has no recorded predecessor to roll back to")
-    registry.move_alias(client, name, "champion", previous, f"rollback: {reason}", actor=_actor(), kind="rollback")
-    typer.echo(f"champion: v{current.version} -> v{previous} (rollback)")
+        raise typer.BadParameter(f"{alias} v{current.version} has no recorded predecessor to roll back to")
+    mlflow_registry.move_alias(client, name, alias, previous, f"rollback: {reason}", actor=_actor(), kind="rollback")
+    typer.echo(f"{alias}: v{current.version} -> v{previous} (rollback)")
 
 
 @app.command()
 def history() -> None:
-    """Who held ``champion`` when, and why."""
+    """Who held the champion alias when, and why."""
     import datetime as dt
 
-    registry, client, name = _registry_context()
-    moves = registry.alias_history(client, name, "champion")
+    from fraud_assets.adapters import mlflow_registry
+
+    _, p = _project()
+    moves = mlflow_registry.alias_history(_client(), p.registry.model_name, p.registry.champion_alias)
     if not moves:
-        typer.echo("no champion has been set yet")
+        typer.echo(f"no {p.registry.champion_alias} has been set yet")
     for m in moves:
         when = dt.datetime.fromtimestamp(int(m["time"]) / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        typer.echo(f"{when}Z  v{m['previous_version'] or '-':>3} -> v{m['version']:<3} {m['actor']}: {m['reason']}")
+        before = f"v{m['previous_version']}" if m["previous_version"] else "-"
+        typer.echo(f"{when}Z  {before:>4} -> {'v' + m['version']:<4} {m['actor']}: {m['reason']}")
 
 
 @app.command()
 def bootstrap() -> None:
     """Make the system servable: simulate and pin data if there is none, run the graph if no champion."""
-    from fraud_assets import registry
+    from fraud_assets.adapters import mlflow_registry
     from fraud_assets.core.months import available_months
-    from fraud_assets.params import load_params
 
-    root = _root()
-    p = load_params(root / "params.yaml")
+    root, p = _project()
     if not available_months(root / p.data.dir):
-        simulate()
-        pin(push=True)
-    client = registry.client_for(settings.mlflow_tracking_uri())
-    if registry.alias_version(client, p.serve.model_name, "champion") is None:
-        pipeline(month=None, train=True)
+        _simulate(root, p)
+        _pin_and_report(root, p, push=True)
+    if mlflow_registry.alias_version(_client(), p.registry.model_name, p.registry.champion_alias) is None:
+        _pipeline(root, p)
     else:
-        typer.echo("a champion is registered; nothing to bootstrap")
+        typer.echo(f"{p.registry.model_name}@{p.registry.champion_alias} is registered; nothing to bootstrap")
 
 
 @app.command()
@@ -334,34 +341,32 @@ def demo(
     skip_serving: Annotated[bool, typer.Option(help="Stop after the pipeline")] = False,
 ) -> None:
     """End to end: simulate, pin with DVC, run the Dagster graph, serve with Ray, score over HTTP, stop."""
-    root = _root()
-    timings: dict[str, float] = {}
-
-    def step(name: str) -> None:
-        timings[name] = time.perf_counter()
-        typer.secho(f"\n== {name}", bold=True)
-
+    root, p = _project()
     start = time.perf_counter()
-    step("simulate monthly snapshots")
-    simulate()
-    step("pin with DVC and push to the local remote")
-    pin(push=True)
-    step("materialize the asset graph (Dagster) and register/promote (MLflow)")
-    pipeline(month=None, train=True)
+    _step("simulate monthly snapshots")
+    _simulate(root, p)
+    _step("pin with DVC and push to the local remote")
+    _pin_and_report(root, p, push=True)
+    _step("materialize the asset graph (Dagster) and register/promote (MLflow)")
+    _pipeline(root, p)
     if not skip_serving:
-        from serving.app import start_serving, stop_serving
+        from serving.local import start_serving, stop_serving
 
-        step("serve the champion (Ray Serve) and score over HTTP")
+        _step("serve the champion (Ray Serve) and score over HTTP")
         _ensure_api_key()
         url = start_serving()
         try:
-            answers = _score_over_http(root, url, 8)
+            answers = _score_over_http(root, p, url, 8)
         finally:
             stop_serving()
         versions = sorted({a["model_version"] for a in answers})
         typer.echo(f"scored {len(answers)} transactions over HTTP at {url}, model version(s) {versions}")
     typer.secho(f"\ndemo finished in {time.perf_counter() - start:.1f} s; state in {settings.state_dir().name}/",
                 bold=True)
+
+
+def _step(name: str) -> None:
+    typer.secho(f"\n== {name}", bold=True)
 
 
 def _ensure_api_key(generate: bool = True) -> None:
@@ -380,18 +385,22 @@ def _ensure_api_key(generate: bool = True) -> None:
 @app.command()
 def report(out: Annotated[Path, typer.Option(help="Folder to write the report into")] = Path("report")) -> None:
     """Export the latest challenger's evaluation (JSON + plots) and the champion history, e.g. for CI artifacts."""
-    registry, client, name = _registry_context()
+    from fraud_assets.adapters import mlflow_registry
+
+    _, p = _project()
+    client, reg = _client(), p.registry
     out.mkdir(parents=True, exist_ok=True)
-    moves = registry.alias_history(client, name, "champion")
+    moves = mlflow_registry.alias_history(client, reg.model_name, reg.champion_alias)
     (out / "champion_history.json").write_text(json.dumps(moves, indent=2) + "\n")
-    challenger = registry.alias_version(client, name, "challenger")
+    challenger = mlflow_registry.alias_version(client, reg.model_name, reg.challenger_alias)
     if challenger is None:
         raise typer.BadParameter("no challenger has been trained yet: run `fraud pipeline` first")
+    run_artifacts = {f.path for f in client.list_artifacts(challenger.run_id)}
     for artifact in ("evaluation.json", "promotion_decision.json", "dataset.json", "plots"):
-        try:
+        if artifact in run_artifacts:
             client.download_artifacts(challenger.run_id, artifact, str(out))
-        except Exception as exc:  # an artifact a run does not have is reported, not fatal
-            typer.echo(f"  {artifact}: not in run {challenger.run_id} ({type(exc).__name__})")
+        else:
+            typer.echo(f"  {artifact}: not in run {challenger.run_id}")
     typer.echo(f"report for challenger v{challenger.version} and {len(moves)} champion moves in {out}/")
 
 
@@ -402,12 +411,12 @@ def simulate_year(
     out: Annotated[Path | None, typer.Option(help="Folder of the story (default: <state>/year)")] = None,
 ) -> None:
     """The year story: months of simulated data through the real sensors, drift, retrains and serving."""
-    from fraud_assets.story import run_year, write_report
+    from fraud_assets.cli.year_story import run_year, write_report
 
-    _root()
+    _, p = _project()
     base = out or settings.state_dir() / "year"
     start = time.perf_counter()
-    records = run_year(base, months=months, serve=serve, log=typer.echo)
+    records = run_year(base, p, months=months, serve=serve, log=typer.echo)
     path = write_report(records, base / "report")
     typer.secho(f"\nyear story: {len(records)} months in {time.perf_counter() - start:.0f} s; report {path}",
                 bold=True)

@@ -6,8 +6,9 @@ import pandas as pd
 
 from fraud_assets.core.months import snapshot_path
 from fraud_assets.core.validate import earlier_month_ids, read_snapshot, validate_transactions
+from fraud_assets.orchestration.partitions import known_beta
+from fraud_assets.orchestration.resources import ProjectResource
 from fraud_assets.params import Params
-from fraud_assets.resources import ProjectResource
 
 GROUP = "ingestion"
 
@@ -24,8 +25,9 @@ def build_ingestion_assets(params: Params, partitions: dg.PartitionsDefinition) 
         path = snapshot_path(project.data_dir(), month)
         version = project.snapshot_version(month)
         frame = read_snapshot(path)
-        return dg.Output(frame, data_version=dg.DataVersion(version),
-                         metadata={"rows": len(frame), "dvc_md5": version, "path": str(path.name)})
+        with known_beta():
+            return dg.Output(frame, data_version=dg.DataVersion(version),
+                             metadata={"rows": len(frame), "dvc_md5": version, "path": str(path.name)})
 
     @dg.multi_asset(
         group_name=GROUP,

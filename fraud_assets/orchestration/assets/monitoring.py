@@ -7,15 +7,16 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from fraud_assets import registry
+from fraud_assets.adapters import mlflow_registry
 from fraud_assets.core.drift import drift_report as compute_drift
 from fraud_assets.core.features import FEATURE_COLUMNS
 from fraud_assets.core.live import attach_labels
 from fraud_assets.core.live import live_performance as live_perf
 from fraud_assets.core.plots import drift_png
-from fraud_assets.core.train import predict
+from fraud_assets.core.train import missing_features, predict
+from fraud_assets.orchestration.partitions import months_before
+from fraud_assets.orchestration.resources import BY_PARTITION, MlflowResource, PredictionLogResource
 from fraud_assets.params import Params
-from fraud_assets.resources import BY_PARTITION, MlflowResource, PredictionLogResource
 
 GROUP = "monitoring"
 EXPERIMENT = "fraud-monitoring"
@@ -26,8 +27,7 @@ def build_monitoring_assets(params: Params, partitions: dg.PartitionsDefinition)
     m = params.monitor
     window = dg.AssetIn(  # the month itself and the months before it (one input: Dagster maps one per asset)
         "transaction_features",
-        partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-m.reference_months, end_offset=0,
-                                                        allow_nonexistent_upstream_partitions=True),
+        partition_mapping=months_before(m.reference_months),
         metadata={BY_PARTITION: True},
     )
 
@@ -94,19 +94,17 @@ def build_monitoring_assets(params: Params, partitions: dg.PartitionsDefinition)
 def _champion_scores(mlflow: MlflowResource, params: Params, reference: pd.DataFrame, current: pd.DataFrame
                      ) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
     """The serving champion's scores on both sides, or Nones when there is no (compatible) champion."""
-    client = mlflow.client()
-    name = params.serve.model_name
-    if registry.alias_version(client, name, "champion") is None:
+    client, reg = mlflow.client(), params.registry
+    if mlflow_registry.alias_version(client, reg.model_name, reg.champion_alias) is None:
         return None, None, None
-    champion = registry.load_alias(client, name, "champion", params.train.n_threads)
-    try:
-        return predict(champion.booster, reference), predict(champion.booster, current), champion.version
-    except KeyError:  # the champion needs features this code no longer builds: no score drift to report
+    champion = mlflow_registry.load_alias(client, reg.model_name, reg.champion_alias, params.train.n_threads)
+    if missing_features(champion.booster, current.columns):  # it needs features this code no longer builds
         return None, None, champion.version
+    return predict(champion.booster, reference), predict(champion.booster, current), champion.version
 
 
 def _log_drift(mlflow: MlflowResource, report: dict, png: bytes) -> None:
-    exp_id = registry.ensure_experiment(mlflow.client(), EXPERIMENT, mlflow.artifact_root)
+    exp_id = mlflow_registry.ensure_experiment(mlflow.client(), EXPERIMENT, mlflow.artifact_root)
     client = mlflow.client()
     tags = {"month": report["month"], "drift_detected": str(report["drift_detected"])}
     run_id = client.create_run(exp_id, run_name=f"drift-{report['month']}", tags=tags).info.run_id
@@ -117,7 +115,7 @@ def _log_drift(mlflow: MlflowResource, report: dict, png: bytes) -> None:
         client.log_metric(run_id, "score_psi", report["score_psi"])
     client.log_metric(run_id, "fraud_rate_change", report["fraud_rate_change"])
     client.log_dict(run_id, report, "drift_report.json")
-    registry.log_pngs(client, run_id, {"feature_drift.png": png})
+    mlflow_registry.log_pngs(client, run_id, {"feature_drift.png": png})
     client.set_terminated(run_id)
 
 

@@ -9,29 +9,28 @@ import dagster as dg
 import pandas as pd
 from mlflow import MlflowClient
 
-from fraud_assets import registry
+from fraud_assets.adapters import mlflow_registry
 from fraud_assets.core.evaluate import choose_threshold_on, compare_on_holdout, oracle_average_precision
 from fraud_assets.core.features import FEATURE_COLUMNS
 from fraud_assets.core.plots import evaluation_plots
 from fraud_assets.core.promote import decide_promotion, minimum_bar_failures
 from fraud_assets.core.split import Split, split_by_time
-from fraud_assets.core.train import fit_challenger, predict, predict_baseline, train_baseline
+from fraud_assets.core.train import fit_challenger, missing_features, predict, predict_baseline, train_baseline
+from fraud_assets.orchestration.partitions import months_before
+from fraud_assets.orchestration.resources import BY_PARTITION, MlflowResource, ProjectResource
 from fraud_assets.params import Params
-from fraud_assets.resources import BY_PARTITION, MlflowResource, ProjectResource
 
 GROUP = "training"
-CHALLENGER, CHAMPION = "challenger", "champion"
 
 
 def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     """The training assets for ``partitions``; a partition is the holdout month."""
     history = dg.AssetIn(
         "transaction_features",
-        partition_mapping=dg.TimeWindowPartitionMapping(
-            start_offset=-params.split.train_months, end_offset=0, allow_nonexistent_upstream_partitions=True),
+        partition_mapping=months_before(params.split.train_months),
         metadata={BY_PARTITION: True},
     )
-    name = params.serve.model_name
+    reg = params.registry
 
     @dg.asset(group_name=GROUP, partitions_def=partitions, ins={"features_by_month": history},
               kinds={"xgboost", "mlflow"})
@@ -54,10 +53,10 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
         for key in ("rows_train", "rows_valid", "rows_holdout", "fraud_rate_train", "fraud_rate_holdout"):
             client.log_param(run_id, f"dataset.{key}", dataset[key])
         client.log_param(run_id, "dataset.train_months", ",".join(split.train_months))
-        registry.log_snapshot_inputs(client, run_id, dataset["snapshots"])
-        model_uri = registry.log_booster(booster, run_id, mlflow.tracking_uri)
-        mv = registry.register_version(client, name, model_uri, run_id, tags)
-        client.set_registered_model_alias(name, CHALLENGER, mv.version)
+        mlflow_registry.log_snapshot_inputs(client, run_id, dataset["snapshots"])
+        model_uri = mlflow_registry.log_booster(booster, run_id, mlflow.tracking_uri)
+        mv = mlflow_registry.register_version(client, reg.model_name, model_uri, run_id, tags)
+        client.set_registered_model_alias(reg.model_name, reg.challenger_alias, mv.version)
         client.set_terminated(run_id)
         info = {"version": str(mv.version), "run_id": run_id, "model_uri": model_uri, "threshold": threshold,
                 "train_months": split.train_months, "holdout_month": month, "data_versions": versions,
@@ -89,7 +88,7 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
     @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"mlflow"})
     def promotion_decision(context: dg.AssetExecutionContext, challenger_model: dict,
                            challenger_evaluation: dict, mlflow: MlflowResource) -> dg.Output[dict]:
-        """Moves alias ``champion`` to the challenger only when it beats the champion on the same holdout."""
+        """Moves the champion alias to the challenger only when it beats the champion on the same holdout."""
         client = mlflow.client()
         decision = decide_promotion(challenger_evaluation["challenger"], challenger_evaluation["champion"],
                                     params.promote)
@@ -99,9 +98,9 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
                   "challenger_metrics": challenger_evaluation["challenger"],
                   "champion_metrics": challenger_evaluation["champion"], "dagster_run_id": context.run_id}
         if decision.promote:
-            registry.move_alias(client, name, CHAMPION, challenger_model["version"], decision.reason,
-                                actor=f"dagster run {context.run_id}")
-        client.set_model_version_tag(name, challenger_model["version"], "promotion",
+            mlflow_registry.move_alias(client, reg.model_name, reg.champion_alias, challenger_model["version"],
+                                       decision.reason, actor=f"dagster run {context.run_id}")
+        client.set_model_version_tag(reg.model_name, challenger_model["version"], "promotion",
                                      json.dumps({"promoted": decision.promote, "reason": decision.reason}))
         client.log_dict(challenger_model["run_id"], record, "promotion_decision.json")
         record["champion_version_after"] = (challenger_model["version"] if decision.promote
@@ -129,8 +128,8 @@ def _dataset_info(split: Split, features_by_month: dict[str, pd.DataFrame], vers
 def _evaluate(split: Split, challenger_model: dict, transactions: pd.DataFrame, client: MlflowClient,
               params: Params) -> tuple[dict, dict[str, bytes]]:
     """Score challenger, champion, a logistic baseline and the simulator's oracle on the holdout; plot them."""
-    name, holdout = params.serve.model_name, split.holdout
-    challenger = registry.load_version(client, name, challenger_model["version"], params.train.n_threads)
+    name, holdout = params.registry.model_name, split.holdout
+    challenger = mlflow_registry.load_version(client, name, challenger_model["version"], params.train.n_threads)
     baseline = train_baseline(split.train, params.train)
     scored = {
         "challenger": (predict(challenger.booster, holdout), challenger.threshold),
@@ -139,15 +138,16 @@ def _evaluate(split: Split, challenger_model: dict, transactions: pd.DataFrame, 
     }
     result: dict = {"holdout_month": split.holdout_month, "challenger_version": challenger.version,
                     "champion": None, "champion_version": None, "champion_note": "no champion yet"}
-    champ = registry.alias_version(client, name, CHAMPION)
+    champ = mlflow_registry.alias_version(client, name, params.registry.champion_alias)
     if champ is not None:
-        loaded = registry.load_version(client, name, str(champ.version), params.train.n_threads)
+        loaded = mlflow_registry.load_version(client, name, str(champ.version), params.train.n_threads)
         result["champion_version"] = loaded.version
-        try:
+        missing = missing_features(loaded.booster, holdout.columns)
+        if missing:
+            result["champion_note"] = f"champion needs features this code no longer builds: {', '.join(missing)}"
+        else:
             scored["champion"] = (predict(loaded.booster, holdout), loaded.threshold)
             result["champion_note"] = "scored on the same holdout"
-        except KeyError as exc:
-            result["champion_note"] = f"champion needs features this code no longer builds: {exc}"
     result.update(compare_on_holdout(holdout, scored, params.evaluate))
     rows = holdout[["transaction_id"]].merge(transactions, on="transaction_id", how="left")
     result["oracle_average_precision"] = oracle_average_precision(rows)
@@ -167,7 +167,7 @@ def _log_evaluation(client: MlflowClient, run_id: str, result: dict, pngs: dict[
     if result["oracle_average_precision"] is not None:
         client.log_metric(run_id, "oracle_holdout_average_precision", result["oracle_average_precision"])
     client.log_dict(run_id, result, "evaluation.json")
-    registry.log_pngs(client, run_id, pngs)
+    mlflow_registry.log_pngs(client, run_id, pngs)
 
 
 def _evaluation_metadata(result: dict, pngs: dict[str, bytes]) -> dict[str, Any]:

@@ -24,17 +24,9 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from fraud_assets.core.features import (
-    DAY_S,
-    FEATURE_COLUMNS,
-    KEY_COLUMNS,
-    Incoming,
-    Rows,
-    lookback_days,
-    online_matrix,
-    timestamp_parts,
-)
+from fraud_assets.core.features import FEATURE_COLUMNS, KEY_COLUMNS, Incoming, Rows, online_matrix, timestamp_parts
 from fraud_assets.params import FeatureParams
+from fraud_assets.windows import DAY_S, lookback_days
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS transactions (
@@ -80,6 +72,11 @@ def _scored_rows(transactions: Sequence[Mapping[str, Any]]) -> list[tuple]:
     """``(id, ts, customer, terminal, amount)`` of transactions being scored (no label yet)."""
     return [(str(t["transaction_id"]), timestamp_parts(t["tx_datetime"])[0], str(t["customer_id"]),
              str(t["terminal_id"]), float(t["amount"])) for t in transactions]
+
+
+def _label_rows(labels: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
+    """``(is_fraud, id)`` of late labels, in the order the UPDATE statements bind them."""
+    return [(int(lb["is_fraud"]), str(lb["transaction_id"])) for lb in labels]
 
 
 def _snapshot_rows(frame: pd.DataFrame) -> Iterator[tuple]:
@@ -164,8 +161,7 @@ class SqliteTransactionStore:
         """Record late labels on stored transactions; return how many matched."""
         conn = self._connect()
         with conn:
-            cur = conn.executemany("UPDATE transactions SET is_fraud = ? WHERE transaction_id = ?",
-                                   [(int(lb["is_fraud"]), str(lb["transaction_id"])) for lb in labels])
+            cur = conn.executemany("UPDATE transactions SET is_fraud = ? WHERE transaction_id = ?", _label_rows(labels))
         return cur.rowcount
 
     def seed(self, frame: pd.DataFrame) -> int:
@@ -236,8 +232,7 @@ class PostgresTransactionStore:
         if not labels:
             return 0
         with self._connect().transaction(), self._connect().cursor() as cur:
-            cur.executemany("UPDATE transactions SET is_fraud = %s WHERE transaction_id = %s",
-                            [(int(lb["is_fraud"]), str(lb["transaction_id"])) for lb in labels])
+            cur.executemany("UPDATE transactions SET is_fraud = %s WHERE transaction_id = %s", _label_rows(labels))
             return cur.rowcount
 
     def seed(self, frame: pd.DataFrame) -> int:

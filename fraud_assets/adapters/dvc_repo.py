@@ -17,7 +17,6 @@ from pathlib import Path
 
 from fraud_assets.core.lineage import dvc_pinned_hashes, file_md5
 from fraud_assets.core.months import check_month, snapshot_path
-from fraud_assets.params import load_params
 from fraud_assets.settings import TELEMETRY_OFF
 
 DVC_FILE = "data.dvc"
@@ -63,10 +62,11 @@ def ensure_repo(root: Path) -> None:
     _remote_dir(root).mkdir(parents=True, exist_ok=True)
 
 
-def pin_snapshots(root: Path, push: bool = True) -> dict[str, str]:
-    """``dvc add`` the snapshot folder into ``data.dvc`` (and push it); return ``{month: md5}``."""
+def pin_snapshots(root: Path, data_dir: str, push: bool = True) -> dict[str, str]:
+    """``dvc add`` the snapshot folder ``data_dir`` (relative to ``root``) into ``data.dvc`` (and push it);
+    return ``{month: md5}``."""
     root = Path(root)
-    data_dir = _data_dir(root)
+    data_dir = root / data_dir
     if not any(data_dir.glob("*.parquet")):
         raise DvcError(f"no snapshots to pin in {data_dir}: run `fraud simulate` or `fraud import` first")
     rel = data_dir.relative_to(root).as_posix()
@@ -112,7 +112,7 @@ def month_hashes(root: Path) -> dict[str, str]:
     return {Path(rel).stem: md5 for rel, md5 in pinned.items() if rel.endswith(".parquet")}
 
 
-def snapshot_version(root: Path, month: str) -> str:
+def snapshot_version(root: Path, data_dir: str, month: str) -> str:
     """The DVC hash of ``month``'s snapshot: its data version, checked against what ``data.dvc`` pins.
 
     Raises:
@@ -120,7 +120,7 @@ def snapshot_version(root: Path, month: str) -> str:
         FileNotFoundError: there is no snapshot for ``month``.
     """
     root = Path(root)
-    path = snapshot_path(_data_dir(root), check_month(month))
+    path = snapshot_path(root / data_dir, check_month(month))
     if not path.exists():
         raise FileNotFoundError(f"no snapshot for {month}: {path}")
     actual = file_md5(path)
@@ -136,10 +136,6 @@ def snapshot_version(root: Path, month: str) -> str:
             f"run `fraud pin` (or `dvc add {path.parent.relative_to(root).as_posix()}`) to pin the new bytes, "
             f"or `dvc checkout {DVC_FILE}` to restore the pinned ones")
     return pinned
-
-
-def _data_dir(root: Path) -> Path:
-    return root / load_params(root / "params.yaml").data.dir
 
 
 def _config(root: Path) -> dict:
