@@ -8,6 +8,7 @@ handler, so a long-running caller that wants a clean stop installs its own after
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -47,7 +48,11 @@ def start_serving(tracking_uri: str | None = None, host: str | None = None, port
     if s.direct_ingress:  # read by Ray's controller and replicas, which inherit this environment
         os.environ.update(_direct_ingress_env(s.direct_ingress_port))
     # Ray's workers inherit this process's environment (FRAUD_API_KEY included) on a local cluster.
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    # The console shows errors only: no start-up banners, no token-auth notice (it stays on), no C++ retry notes
+    # during shutdown; the replicas' own logs are in Ray's session folder.
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
@@ -92,11 +97,19 @@ def _direct_ingress_env(first_port: int) -> dict[str, str]:
 
 
 def stop_serving() -> None:
-    """Shut down Serve, then Ray (safe to call when either is not running); forget direct-ingress mode."""
+    """Delete the application (its replicas shut down gracefully and flush the prediction log), then stop Ray with
+    Serve's controller and proxy in it (safe to call when either is not running); forget direct-ingress mode.
+
+    ``serve.shutdown()`` would kill the controller while its own ``graceful_shutdown`` task is being retried, which
+    Ray reports on the console as a failed task; deleting the app first leaves nothing of ours to stop gracefully.
+    """
     import ray
 
     if ray.is_initialized():
-        serve.shutdown()
+        try:
+            serve.delete(APP_NAME)
+        except Exception:  # Serve never started (a failed start): there is no application to delete
+            logging.getLogger(__name__).debug("no Serve application to delete", exc_info=True)
     ray.shutdown()
     for name in _direct_ingress_env(0):
         os.environ.pop(name, None)

@@ -6,6 +6,7 @@ process-wide state at import time. Aliases, never the deprecated stages.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,8 +35,17 @@ class LoadedModel:
     tags: Mapping[str, str]
 
 
+# MLflow's notes that a person reading the pipeline's console cannot act on: schema creation of a new SQLite
+# store, the uv project it detected, and the pip version it could not put into a conda.yaml nobody uses (models
+# here are loaded with XGBoost from their UBJSON file, never through an MLflow environment).
+_QUIET_LOGGERS = {"mlflow.store.db.utils": logging.WARNING, "mlflow.utils.uv_utils": logging.WARNING,
+                  "mlflow.utils.environment": logging.ERROR, "alembic.runtime.migration": logging.WARNING}
+
+
 def client_for(tracking_uri: str) -> MlflowClient:
     """A client bound to ``tracking_uri`` (the registry lives in the same store)."""
+    for name, level in _QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 

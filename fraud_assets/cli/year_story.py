@@ -127,7 +127,7 @@ def run_year(base: Path, params: Params, months: int = 12, serve: bool = True, b
     from fraud_assets.core.simulate import make_population, simulate_month
     from fraud_assets.orchestration.automation import INGEST_JOB, RETRAIN_JOB
     from fraud_assets.orchestration.definitions import build_definitions
-    from fraud_assets.orchestration.runner import QUIET, ensure_dagster_home
+    from fraud_assets.orchestration.runner import QUIET, blocked_checks, ensure_dagster_home, failure_message
 
     params = params.updated({"data.months": months})
     project, state = prepare_project(base, params)
@@ -157,9 +157,8 @@ def run_year(base: Path, params: Params, months: int = 12, serve: bool = True, b
         def run(job: str, month: str, tags: dict[str, str]) -> dg.ExecuteInProcessResult:
             result = defs.resolve_job_def(job).execute_in_process(partition_key=month, instance=instance, tags=tags,
                                                                   raise_on_error=False, run_config=QUIET)
-            blocked = [e for e in result.get_asset_check_evaluations() if not e.passed]
-            if not result.success and not (job == RETRAIN_JOB and blocked):
-                raise RuntimeError(f"{job} for {month} failed (run {result.run_id})")
+            if not result.success and not (job == RETRAIN_JOB and blocked_checks(result)):
+                raise RuntimeError(f"{job} for {month} failed (run {result.run_id}): {failure_message(result)}")
             return result
 
         try:
@@ -216,9 +215,10 @@ def _read_monitoring(rec: MonthRecord, result: Any) -> None:
 
 def _retrain_summary(result: Any, trigger: str, frame: Any) -> dict[str, Any]:
     if not result.success:  # the blocking minimum-bars check stopped it before the decision
+        from fraud_assets.orchestration.runner import blocked_checks
+
         evaluation = result.output_for_node("challenger_evaluation")
-        failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
-        why = "; ".join(f"{e.check_name}: {e.metadata['failures'].value}" for e in failed if "failures" in e.metadata)
+        why = "; ".join(blocked_checks(result))
         return {"holdout_month": evaluation["holdout_month"], "trigger": trigger,
                 "challenger_version": evaluation["challenger_version"], "promoted": False,
                 "reason": f"blocked by {why or 'a blocking check'}",
