@@ -20,6 +20,7 @@ report with a PNG plot tells the story month by month.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -130,6 +131,7 @@ def run_year(base: Path, params: Params, months: int = 12, serve: bool = True, b
     from fraud_assets.orchestration.runner import QUIET, blocked_checks, ensure_dagster_home, failure_message
 
     params = params.updated({"data.months": months})
+    logging.getLogger("dagster").setLevel(logging.WARNING)  # the sensors' notes: this story prints its own lines
     project, state = prepare_project(base, params)
     os.environ["FRAUD_STATE_DIR"] = str(state)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -238,7 +240,8 @@ def _retrain_summary(result: Any, trigger: str, frame: Any) -> dict[str, Any]:
 def _line(rec: MonthRecord) -> str:
     ap = f"{rec.served_average_precision:.3f}" if rec.served_average_precision is not None else "  -  "
     retrain = "; ".join(f"retrain ({r['trigger']}) v{r['challenger_version']} "
-                        f"{'PROMOTED' if r['promoted'] else 'kept'}" for r in rec.retrains) or "no retrain"
+                        f"{'PROMOTED' if r['promoted'] else 'refused: ' + r['reason']}" for r in rec.retrains
+                        ) or "no retrain"
     return (f"{rec.month}: {rec.rows:>6} tx, card testing {rec.card_testing_rows:>4}, served AUPRC {ap}, "
             f"drift {'YES' if rec.drift_detected else 'no '}, {retrain}, champion v{rec.champion_after or '-'}")
 
