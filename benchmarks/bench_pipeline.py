@@ -70,7 +70,8 @@ def plain(root: Path, months: list[str]) -> dict:
     from fraud_assets.params import load_params
 
     p = load_params(root / "params.yaml")
-    valid = {m: validate_transactions(read_snapshot(root / p.data.dir / f"{m}.parquet"), m).valid for m in months}
+    valid = {m: validate_transactions(read_snapshot(root / p.data.dir / f"{m}.parquet"), m,
+                                   data=p.data).valid for m in months}
     features = build_features_by_month(valid, p.features)  # as the asset graph computes them
     split = split_by_time(features, months[-1], p.split)
     booster, threshold = fit_challenger(split.train, split.valid, p.train, p.evaluate)

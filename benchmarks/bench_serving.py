@@ -152,24 +152,28 @@ def bare_server(model: str, port: int, store: str) -> None:
 
     from fraud_assets.adapters.mlflow_registry import LoadedModel
     from fraud_assets.adapters.online_store import OnlineFeatures, SqliteTransactionStore
+    from fraud_assets.core.contract import feature_definition
     from fraud_assets.core.train import load_model
     from fraud_assets.params import load_params
-    from serving.api import TRANSACTION, TRANSACTION_BATCH
+    from serving.api import request_types
     from serving.predictor import Predictor
 
-    features = load_params().features
+    params = load_params()
+    features = params.features
+    types = request_types(params.data.max_amount, params.data.min_tx_date, params.serve.max_batch_rows)
     provider = OnlineFeatures(SqliteTransactionStore(store), features)  # reads and remembers, like ours
-    predictor = Predictor(LoadedModel("1", load_model(model, n_threads=1), 0.5, {}), features, provider)
+    loaded = LoadedModel("1", load_model(model, n_threads=1), 0.5, {}, feature_definition(features))
+    predictor = Predictor(loaded, provider)
     app = FastAPI()
 
     @app.post("/predict")
     async def predict(request: Request) -> Response:
-        return Response(json.dumps(predictor.score([TRANSACTION.validate_json(await request.body())])[0]),
+        return Response(json.dumps(predictor.score([types.transaction.validate_json(await request.body())])[0]),
                         media_type="application/json")
 
     @app.post("/predict/batch")
     async def predict_batch(request: Request) -> Response:
-        rows = TRANSACTION_BATCH.validate_json(await request.body())["transactions"]
+        rows = types.transaction_batch.validate_json(await request.body())["transactions"]
         return Response(json.dumps({"scores": predictor.score(rows)}), media_type="application/json")
 
     @app.get("/health")
@@ -224,6 +228,7 @@ def _direct_params(tmp: Path, params: str | None) -> str:
 def _ours(tmp: Path, booster: object, n: int, params: str | None, name: str = "our-store.sqlite"
           ) -> dict[str, float]:
     from fraud_assets.adapters import mlflow_registry
+    from fraud_assets.params import load_params
     from serving.app import AppArgs
     from serving.local import start_serving, stop_serving
 
@@ -231,7 +236,8 @@ def _ours(tmp: Path, booster: object, n: int, params: str | None, name: str = "o
     c = mlflow_registry.client_for(uri)
     run = c.create_run(mlflow_registry.ensure_experiment(c, "bench", (tmp / "artifacts").as_uri()))
     model_uri = mlflow_registry.log_booster(booster, run.info.run_id, uri)
-    mv = mlflow_registry.register_version(c, "fraud-detector", model_uri, run.info.run_id, {"threshold": "0.5"})
+    tags = {"threshold": "0.5", **mlflow_registry.definition_tags(load_params(params).features)}
+    mv = mlflow_registry.register_version(c, "fraud-detector", model_uri, run.info.run_id, tags)
     c.set_registered_model_alias("fraud-detector", "champion", mv.version)
     key = secrets.token_urlsafe(32)
     os.environ["FRAUD_API_KEY"] = key

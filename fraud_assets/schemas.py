@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
@@ -31,11 +33,17 @@ class TransactionModel(pa.DataFrameModel):
         strict = False  # extra columns (e.g. the simulator's oracle) are kept, never used as features
 
 
-def transaction_schema(month_start: pd.Timestamp | None = None, month_end: pd.Timestamp | None = None
-                       ) -> pa.DataFrameSchema:
-    """The transaction schema; with bounds, timestamps must fall in ``[month_start, month_end)``."""
+def transaction_schema(max_amount: float, min_tx_date: date, month_start: pd.Timestamp | None = None,
+                       month_end: pd.Timestamp | None = None) -> pa.DataFrameSchema:
+    """The transaction schema with ``amount <= max_amount`` and timestamps from ``min_tx_date`` (UTC midnight);
+    with month bounds, timestamps must also fall in ``[month_start, month_end)``."""
     schema = TransactionModel.to_schema()
     schema = schema.update_column("transaction_id", unique=True, report_duplicates="exclude_first")
+    earliest = pd.Timestamp(min_tx_date, tz="UTC")
+    at_most = pa.Check(lambda s: s <= max_amount, name=f"amount_at_most[{max_amount:.15g}]")
+    not_before = pa.Check(lambda s: s >= earliest, name=f"tx_datetime_not_before[{min_tx_date:%Y-%m-%d}]")
+    for column, check in (("amount", at_most), ("tx_datetime", not_before)):
+        schema = schema.update_column(column, checks=[*schema.columns[column].checks, check])
     if month_start is not None and month_end is not None:
         in_month = pa.Check(
             lambda s: (s >= month_start) & (s < month_end),

@@ -1,15 +1,17 @@
 """Request and response models of the scoring API (pydantic v2).
 
-Requests are strict: unknown fields are rejected, identifiers are non-empty strings, the amount is a
-finite non-negative number (NaN, infinities and overflowing literals such as ``1e400`` are refused)
-and the timestamp must carry a timezone; it is normalised to UTC. How many rows a batch may carry is a
-parameter (``serve.max_batch_rows``) checked by the app, so it is not fixed here.
+Requests are strict: unknown fields are rejected, identifiers are non-empty strings of at most 128
+characters, the amount is a finite number in ``[0, data.max_amount]`` (NaN, infinities and overflowing
+literals such as ``1e400`` are refused) and the timestamp must carry a timezone, fall between
+``data.min_tx_date`` (UTC midnight) and one day after now; it is normalised to UTC. The bounds are
+parameters, so the transaction validators are built by :func:`request_types` once per replica. How many rows a
+batch may carry (``serve.max_batch_rows``) is checked by the app (413); here it is only documented.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import (
     AfterValidator,
@@ -23,6 +25,8 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+FUTURE_SLACK = timedelta(days=1)  # a clock ahead of ours by less than this is not refused
+
 
 def _iso_text_only(value: Any) -> Any:
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -30,47 +34,42 @@ def _iso_text_only(value: Any) -> Any:
     return value
 
 
-def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+def _whole_number(value: Any) -> Any:
+    """1.0 and 0.0 are JSON Schema integers: read them as such (0.5, true or "1" stay refused)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 Identifier = Annotated[str, Field(strict=True, min_length=1, max_length=128, pattern=r"\S")]
-UtcDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_text_only), AfterValidator(_to_utc)]
-Amount = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
 
 
-class Transaction(BaseModel):
-    """One canonical card transaction to score (no label)."""
+class RequestTypes(NamedTuple):
+    """Validators of the scoring bodies under one set of bounds, each straight into dicts (the hot path)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    transaction_id: Identifier
-    tx_datetime: UtcDatetime
-    customer_id: Identifier
-    terminal_id: Identifier
-    amount: Amount
+    transaction: TypeAdapter[dict[str, Any]]
+    transaction_batch: TypeAdapter[dict[str, Any]]
 
 
-@with_config(ConfigDict(extra="forbid"))
-class TransactionRecord(TypedDict):
-    """The same contract as :class:`Transaction`, validated straight into a dict (the serving hot path)."""
+def request_types(max_amount: float, min_tx_date: date, max_batch_rows: int) -> RequestTypes:
+    """Validators with ``amount`` in ``[0, max_amount]`` and ``tx_datetime`` from ``min_tx_date`` (UTC midnight)
+    to one day after now; ``max_batch_rows`` becomes the batch's documented ``maxItems``."""
+    earliest = datetime.combine(min_tx_date, time.min, tzinfo=UTC)
 
-    transaction_id: Identifier
-    tx_datetime: UtcDatetime
-    customer_id: Identifier
-    terminal_id: Identifier
-    amount: Amount
+    def in_range_as_utc(value: datetime) -> datetime:  # bounds first: a far date may not convert to UTC at all
+        if value < earliest:
+            raise ValueError(f"must not be before {earliest:%Y-%m-%d}T00:00:00Z")
+        if value > datetime.now(UTC) + FUTURE_SLACK:
+            raise ValueError("must not be more than one day after now")
+        return value.astimezone(UTC)
 
-
-@with_config(ConfigDict(extra="forbid"))
-class TransactionBatchRecord(TypedDict):
-    """A batch body validated straight into dicts."""
-
-    transactions: Annotated[list[TransactionRecord], Field(min_length=1)]
-
-
-TRANSACTION = TypeAdapter(TransactionRecord)
-TRANSACTION_BATCH = TypeAdapter(TransactionBatchRecord)
+    tx_datetime = Annotated[AwareDatetime, BeforeValidator(_iso_text_only), AfterValidator(in_range_as_utc), Field(
+        description=f"ISO 8601 with a timezone, from {earliest:%Y-%m-%d}T00:00:00Z to one day after now")]
+    amount = Annotated[float, Field(strict=True, ge=0, le=max_amount, allow_inf_nan=False)]
+    record = with_config(ConfigDict(extra="forbid"))(TypedDict("Transaction", {
+        "transaction_id": Identifier, "tx_datetime": tx_datetime, "customer_id": Identifier,
+        "terminal_id": Identifier, "amount": amount}))
+    batch = with_config(ConfigDict(extra="forbid"))(TypedDict("TransactionBatch", {
+        "transactions": Annotated[list[record], Field(min_length=1, json_schema_extra={"maxItems": max_batch_rows})]}))
+    return RequestTypes(TypeAdapter(record), TypeAdapter(batch))
 
 
 class Reason(BaseModel):
@@ -93,14 +92,6 @@ class Score(BaseModel):
     reasons: list[Reason] = Field(default_factory=list, max_length=3)
 
 
-class TransactionBatch(BaseModel):
-    """Several transactions scored in one request."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    transactions: list[Transaction] = Field(min_length=1)
-
-
 class ScoreBatch(BaseModel):
     """Decisions for a batch, in request order."""
 
@@ -115,7 +106,7 @@ class Label(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     transaction_id: Identifier
-    is_fraud: int = Field(strict=True, ge=0, le=1)
+    is_fraud: Annotated[int, Field(strict=True, ge=0, le=1), BeforeValidator(_whole_number)]
 
 
 class LabelBatch(BaseModel):
@@ -130,6 +121,26 @@ class LabelsStored(BaseModel):
     """How many labels were stored."""
 
     stored: int
+
+
+class ErrorDetail(BaseModel):
+    """A refusal that is not about one field: missing key, body too large, no model serving."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    """One refused field: where it is (``["body", "amount"]``), the kind of error and a message."""
+
+    loc: list[str | int]
+    type: str
+    msg: str
+
+
+class ValidationErrors(BaseModel):
+    """A 422: every refused field, its input not echoed."""
+
+    detail: list[FieldError]
 
 
 class Health(BaseModel):

@@ -19,6 +19,9 @@ the new version in a thread, scores a warm-up row and only then swaps it in with
 when the new version fails to load or to warm up, the old one keeps serving, the reason is logged and
 ``/ready`` reports it. Every answer names the version that scored it. With several replicas each swaps on
 its own schedule, so for up to one reload interval two replicas may answer with different versions.
+A version's features are built with the knobs it was trained with (its ``feature_definition`` tag), never with
+the replica's ``params.yaml``; a version without one, or with one this code cannot build, is refused like a
+corrupt one.
 
 Features come from the online store (:mod:`fraud_assets.adapters.online_store`; a SQLite file in the state folder by
 default, seeded from the snapshots by the ``online_store`` asset): each transaction is described from the
@@ -40,6 +43,7 @@ import asyncio
 import gc
 import logging
 import os
+from datetime import date
 from typing import Any
 
 import orjson
@@ -47,7 +51,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from ray import serve
 from ray.serve import Application
 
@@ -58,16 +62,15 @@ from fraud_assets.params import FeatureParams, load_params
 from fraud_assets.settings import disable_telemetry, mlflow_tracking_uri, online_store_location, prediction_log_path
 from serving.api import (
     LABEL_BATCH,
-    TRANSACTION,
-    TRANSACTION_BATCH,
+    ErrorDetail,
     Health,
-    LabelBatch,
     LabelsStored,
     Readiness,
+    RequestTypes,
     Score,
     ScoreBatch,
-    Transaction,
-    TransactionBatch,
+    ValidationErrors,
+    request_types,
 )
 from serving.guard import Guard, GuardConfig, Metrics
 from serving.predictor import FeatureProvider, Predictor, Scored
@@ -78,9 +81,44 @@ APP_NAME = "fraud-detector"
 API_KEY_ENV = "FRAUD_API_KEY"
 INSECURE_ENV = "FRAUD_INSECURE_LOCAL"
 JSON = "application/json"
+API_KEY_SCHEME = {"ApiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}
+KEYED = {"security": [{"ApiKey": []}]}
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorDetail, "description": "missing or invalid API key (`x-api-key`)"},
+    413: {"model": ErrorDetail, "description": "body larger than serve.max_body_bytes"},
+    422: {"model": ValidationErrors, "description": "a field is missing, unknown or out of bounds (named in loc)"},
+    503: {"model": ErrorDetail, "description": "no model version is serving yet, or the service is overloaded"},
+}
 
-app = FastAPI(title="fraud-detector", description="Scores card transactions with the champion model. "
-              "Send the API key in the `x-api-key` header; /health, /ready and /metrics are open.")
+
+class ScoringApi(FastAPI):
+    """FastAPI whose OpenAPI document states the bounds of the replica serving it.
+
+    The scoring endpoints read the raw body (validated by :class:`~serving.api.RequestTypes`), so their request
+    schemas are written into the document here; the replica's constructor calls :meth:`configure` (one replica per
+    process, like :class:`~serving.guard.Guard`: Serve serves a copy of this app, the class is shared).
+    """
+
+    requests: RequestTypes | None = None
+
+    @classmethod
+    def configure(cls, requests: RequestTypes) -> None:
+        """Document the transaction bodies with these validators' bounds."""
+        cls.requests = requests
+
+    def openapi(self) -> dict[str, Any]:
+        """The document, with the API key scheme and (once configured) the transaction bodies."""
+        if self.openapi_schema is None:
+            doc = super().openapi()
+            doc.setdefault("components", {})["securitySchemes"] = API_KEY_SCHEME
+            if self.requests is not None:
+                doc["paths"]["/predict"]["post"].update(_body_schema(self.requests.transaction))
+                doc["paths"]["/predict/batch"]["post"].update(_body_schema(self.requests.transaction_batch))
+        return self.openapi_schema
+
+
+app = ScoringApi(title="fraud-detector", description="Scores card transactions with the champion model. "
+                 "Send the API key in the `x-api-key` header; /health, /ready and /metrics are open.")
 app.add_middleware(Guard)
 
 
@@ -109,8 +147,8 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=500, content={"detail": "internal error"})
 
 
-def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    schema = model.model_json_schema()
+def _body_schema(adapter: TypeAdapter) -> dict[str, Any]:
+    schema = adapter.json_schema()
     defs = schema.pop("$defs", {})
 
     def inline(node: Any) -> Any:  # "#/$defs/X" would point into the OpenAPI document, not this schema
@@ -166,9 +204,9 @@ class FraudScorer:
     """A replica holding one :class:`Predictor`, following the registry alias and logging every score."""
 
     def __init__(self, tracking_uri: str, model_name: str, alias: str, num_threads: int,
-                 features: dict[str, Any], reload_interval_s: float, max_batch_size: int,
-                 batch_wait_timeout_s: float, max_batch_rows: int, max_body_bytes: int,
-                 prediction_log: str, online_store: str, insecure_local: bool = False) -> None:
+                 reload_interval_s: float, max_batch_size: int,
+                 batch_wait_timeout_s: float, max_batch_rows: int, max_body_bytes: int, max_amount: float,
+                 min_tx_date: date, prediction_log: str, online_store: str, insecure_local: bool = False) -> None:
         disable_telemetry()
         key = os.environ.get(API_KEY_ENV, "")
         self._insecure = not key
@@ -182,10 +220,11 @@ class FraudScorer:
         self._score_batch.set_max_batch_size(max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._max_batch_rows = max_batch_rows
+        self._requests = request_types(max_amount, min_tx_date, max_batch_rows)
+        ScoringApi.configure(self._requests)
         self._client = mlflow_registry.client_for(tracking_uri)
         self._model_name, self._alias = model_name, alias
         self._num_threads = num_threads
-        self._features = FeatureParams.model_validate(features)
         self._reload_interval_s = reload_interval_s
         self._log = PredictionLog(prediction_log, on_drop=self._metrics.log_dropped.inc)
         self._store: TransactionStore = open_store(online_store)
@@ -214,18 +253,18 @@ class FraudScorer:
         """Prometheus metrics of this replica."""
         return Response(generate_latest(self._metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/predict", response_model=Score, openapi_extra=_body_schema(Transaction))
+    @app.post("/predict", response_model=Score, responses=REFUSALS, openapi_extra=KEYED)
     async def predict(self, request: Request) -> Response:
         """Score one transaction (micro-batched with concurrent requests)."""
-        transaction = _parse(TRANSACTION, await request.body())
+        transaction = _parse(self._requests.transaction, await request.body())
         self._require_predictor()
         return _json(await self._score_batch((transaction, request.state.request_id)))
 
-    @app.post("/predict/batch", response_model=ScoreBatch, openapi_extra=_body_schema(TransactionBatch),
-              responses={413: {"description": "more rows than serve.max_batch_rows, or a body over the limit"}})
+    @app.post("/predict/batch", response_model=ScoreBatch, openapi_extra=KEYED, responses={**REFUSALS, 413: {
+        "model": ErrorDetail, "description": "more rows than serve.max_batch_rows, or a body over the limit"}})
     async def predict_batch(self, request: Request) -> Response:
         """Score up to ``serve.max_batch_rows`` transactions with one model version, one answer per row in order."""
-        transactions = _parse(TRANSACTION_BATCH, await request.body())["transactions"]
+        transactions = _parse(self._requests.transaction_batch, await request.body())["transactions"]
         if len(transactions) > self._max_batch_rows:
             return _json({"detail": f"transactions: at most {self._max_batch_rows} rows per request"}, 413)
         predictor = self._require_predictor()
@@ -233,7 +272,8 @@ class FraudScorer:
         self._after_scoring(transactions, scored, [request.state.request_id] * len(transactions))
         return _json({"scores": scored.decisions})
 
-    @app.post("/labels", response_model=LabelsStored, openapi_extra=_body_schema(LabelBatch))
+    @app.post("/labels", response_model=LabelsStored, responses=REFUSALS,
+              openapi_extra={**KEYED, **_body_schema(LABEL_BATCH)})
     async def labels(self, request: Request) -> Response:
         """Store late fraud labels durably (answered once they are on disk)."""
         batch = _parse(LABEL_BATCH, await request.body())
@@ -278,9 +318,10 @@ class FraudScorer:
         if log is not None:
             log.close()
 
-    def _feature_provider(self) -> FeatureProvider:
-        """Online features from the store (read only: :meth:`_after_scoring` records what was scored)."""
-        return OnlineFeatures(self._store, self._features, remember=False)
+    def _feature_provider(self, p: FeatureParams) -> FeatureProvider:
+        """Online features from the store with a version's own knobs ``p`` (read only: :meth:`_after_scoring`
+        records what was scored); the store read window follows them too."""
+        return OnlineFeatures(self._store, p, remember=False)
 
     def _require_predictor(self) -> Predictor:
         predictor = self._predictor
@@ -324,7 +365,7 @@ class FraudScorer:
 
     def _load_and_warm_up(self, version: str) -> Predictor:
         loaded = mlflow_registry.load_version(self._client, self._model_name, version, n_threads=self._num_threads)
-        candidate = Predictor(loaded, self._features, self._feature_provider())
+        candidate = Predictor(loaded, self._feature_provider(loaded.features.params))
         candidate.warm_up()
         return candidate
 
@@ -349,12 +390,13 @@ def build_app(args: AppArgs) -> Application:
         model_name=params.registry.model_name,
         alias=params.registry.champion_alias,
         num_threads=s.num_threads,
-        features=params.features.model_dump(mode="json"),
         reload_interval_s=args.reload_interval_s or s.reload_interval_s,
         max_batch_size=s.max_batch_size,
         batch_wait_timeout_s=s.batch_wait_timeout_s,
         max_batch_rows=s.max_batch_rows,
         max_body_bytes=s.max_body_bytes,
+        max_amount=params.data.max_amount,
+        min_tx_date=params.data.min_tx_date,
         prediction_log=args.prediction_log or str(prediction_log_path()),
         online_store=args.online_store or online_store_location(),
         insecure_local=args.insecure_local,

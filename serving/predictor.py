@@ -7,7 +7,9 @@ class scores in tests, scripts and replicas alike.
 Features come from an injectable provider, ``features(transactions) -> DataFrame`` (key columns plus the
 model's feature columns): the service passes :class:`fraud_assets.adapters.online_store.OnlineFeatures` (the
 customer's and terminal's past from the online store); without one, :func:`fraud_assets.core.features.online_features`
-describes the transactions with no stored past (as first-ever transactions), which scripts and tests use.
+describes the transactions with no stored past (as first-ever transactions), which scripts and tests use. Either
+way the features are built with the version's own knobs (``LoadedModel.features``), never today's
+``params.yaml``: a provider built with other knobs is refused.
 
 Reasons are per-row feature contributions in log-odds from XGBoost (``pred_contribs=True``) with
 ``approx_contribs=True`` (Saabas attribution): exact TreeSHAP costs about 0.5 ms a row on a 300-tree model,
@@ -16,7 +18,6 @@ which would cap the batch endpoint near 2,000 rows/s; the approximation costs ab
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -27,19 +28,14 @@ import pandas as pd
 import xgboost as xgb
 
 from fraud_assets.adapters.mlflow_registry import LoadedModel
+from fraud_assets.core.contract import WARMUP_TRANSACTION, check_probability
 from fraud_assets.core.features import FEATURE_COLUMNS, feature_matrix, online_features
 from fraud_assets.params import FeatureParams
 
+__all__ = ["WARMUP_TRANSACTION", "FeatureProvider", "Predictor", "Scored", "default_feature_provider"]
+
 FeatureProvider = Callable[[Sequence[Mapping[str, Any]]], pd.DataFrame]
 N_REASONS = 3
-
-WARMUP_TRANSACTION: dict[str, Any] = {
-    "transaction_id": "warm-up",
-    "tx_datetime": "2025-01-01T12:00:00+00:00",
-    "customer_id": "warm-up",
-    "terminal_id": "warm-up",
-    "amount": 42.0,
-}
 
 
 @dataclass(frozen=True)
@@ -57,14 +53,18 @@ def default_feature_provider(features: FeatureParams) -> FeatureProvider:
 
 
 class Predictor:
-    """A loaded model version and the feature provider it scores with."""
+    """A loaded model version and the feature provider it scores with (built with the version's own knobs)."""
 
-    def __init__(self, model: LoadedModel, features: FeatureParams,
-                 feature_provider: FeatureProvider | None = None) -> None:
+    def __init__(self, model: LoadedModel, feature_provider: FeatureProvider | None = None) -> None:
         if not 0.0 <= model.threshold <= 1.0:
             raise ValueError(f"model version {model.version}: threshold {model.threshold} is outside [0, 1]")
+        knobs = model.features.params
+        provided = getattr(feature_provider, "p", knobs)  # the online store's provider says which knobs it uses
+        if provided != knobs:
+            raise ValueError(f"model version {model.version} was trained with feature params {knobs.model_dump()}; "
+                             f"the feature provider builds with {provided.model_dump()}")
         self._model = model
-        self._provide = feature_provider or default_feature_provider(features)
+        self._provide = feature_provider or default_feature_provider(knobs)
         self._columns = list(model.booster.feature_names or FEATURE_COLUMNS)
         # A provider with a ``matrix`` method (the online store's) skips the pandas frame: its columns come in
         # FEATURE_COLUMNS order and are picked by position for this model.
@@ -134,10 +134,8 @@ class Predictor:
     def warm_up(self) -> float:
         """Score a synthetic row and check the answer is a probability (run before serving a version)."""
         (decision,) = self.score([WARMUP_TRANSACTION])
-        probability = decision["fraud_probability"]
-        if not (math.isfinite(probability) and 0.0 <= probability <= 1.0):
-            raise ValueError(f"model version {self.version}: warm-up score {probability} is not a probability")
-        if not all(math.isfinite(r["contribution"]) for r in decision["reasons"]):
+        probability = check_probability(self.version, decision["fraud_probability"])
+        if not all(np.isfinite(r["contribution"]) for r in decision["reasons"]):
             raise ValueError(f"model version {self.version}: warm-up reasons are not finite")
         return probability
 

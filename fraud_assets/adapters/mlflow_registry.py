@@ -19,10 +19,26 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fraud_assets.core.train import load_model
+from fraud_assets.core.contract import (
+    FeatureDefinition,
+    feature_definition,
+    parse_definition,
+    unbuildable,
+    warm_up_probability,
+)
+from fraud_assets.core.train import load_model, missing_features
+from fraud_assets.params import FeatureParams
 
 MODEL_ARTIFACT = "model"
 THRESHOLD_TAG = "threshold"
+FEATURE_DEFINITION_TAG = "feature_definition"  # the FeatureDefinition (knobs, windows, columns) as JSON
+FEATURES_TAG = "features"  # the column list, comma-separated (for people reading the registry)
+FEATURE_DEFINITION_ARTIFACT = "feature_definition.json"
+
+
+class NotServable(Exception):
+    """A version serving would refuse: it does not load, lacks its threshold or feature definition, or fails
+    its warm-up score. The message is one line naming the version and the reason."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +49,18 @@ class LoadedModel:
     booster: xgb.Booster
     threshold: float
     tags: Mapping[str, str]
+    features: FeatureDefinition  # how its features are built: the knobs it was trained with, not today's
+
+
+def definition_tags(p: FeatureParams) -> dict[str, str]:
+    """The version tags that carry the feature definition this code builds with ``p``."""
+    definition = feature_definition(p)
+    return {FEATURE_DEFINITION_TAG: definition.to_json(), FEATURES_TAG: ",".join(definition.columns)}
+
+
+def log_feature_definition(client: MlflowClient, run_id: str, p: FeatureParams) -> None:
+    """Log the feature definition built with ``p`` as a JSON artifact of the run, beside the model."""
+    client.log_dict(run_id, feature_definition(p).to_dict(), FEATURE_DEFINITION_ARTIFACT)
 
 
 # MLflow's notes that a person reading the pipeline's console cannot act on: schema creation of a new SQLite
@@ -98,9 +126,37 @@ def alias_version(client: MlflowClient, model_name: str, alias: str) -> ModelVer
         raise
 
 
+def _definition_of(model_name: str, mv: ModelVersion) -> FeatureDefinition:
+    """The version's feature definition, refused (``ValueError``) when missing, malformed or foreign to this code."""
+    raw = mv.tags.get(FEATURE_DEFINITION_TAG)
+    if raw is None:
+        raise ValueError(f"{model_name} v{mv.version} has no '{FEATURE_DEFINITION_TAG}' tag: it was registered "
+                         "before versions carried their feature knobs, windows and columns; retrain it")
+    try:
+        definition = parse_definition(raw)
+    except ValueError as exc:
+        raise ValueError(f"{model_name} v{mv.version}: {exc}") from exc
+    problems = unbuildable(definition)
+    if problems:
+        raise ValueError(f"{model_name} v{mv.version} needs features this code does not build: {'; '.join(problems)}")
+    return definition
+
+
+def _threshold_of(model_name: str, mv: ModelVersion) -> float:
+    if THRESHOLD_TAG not in mv.tags:
+        raise ValueError(f"{model_name} v{mv.version} has no '{THRESHOLD_TAG}' tag")
+    try:
+        return float(mv.tags[THRESHOLD_TAG])
+    except ValueError:
+        raise ValueError(f"{model_name} v{mv.version}: '{THRESHOLD_TAG}' tag {mv.tags[THRESHOLD_TAG]!r} "
+                         "is not a number") from None
+
+
 def load_version(client: MlflowClient, model_name: str, version: str, n_threads: int = 1) -> LoadedModel:
-    """Download a version's XGBoost file and load it (no pickle, no pyfunc)."""
+    """Download a version's XGBoost file and load it (no pickle, no pyfunc), with its threshold and feature
+    definition; ``ValueError`` when either is missing or the definition is one this code cannot build."""
     mv = client.get_model_version(model_name, version)
+    threshold, definition = _threshold_of(model_name, mv), _definition_of(model_name, mv)
     with tempfile.TemporaryDirectory(prefix="fraud-model-") as tmp:
         # Resolve the storage location through *this* client, then fetch it directly: a ``models:/`` URI
         # would be resolved again through the process-wide registry URI, which a Ray replica does not share.
@@ -110,10 +166,29 @@ def load_version(client: MlflowClient, model_name: str, version: str, n_threads:
         if not files:
             raise FileNotFoundError(f"{model_name} v{version}: no XGBoost model file in {mv.source}")
         booster = load_model(files[0], n_threads=n_threads)
-    if THRESHOLD_TAG not in mv.tags:
-        raise ValueError(f"{model_name} v{version} has no '{THRESHOLD_TAG}' tag")
-    return LoadedModel(version=str(mv.version), booster=booster, threshold=float(mv.tags[THRESHOLD_TAG]),
-                       tags=dict(mv.tags))
+    unlisted = missing_features(booster, definition.columns)
+    if unlisted:
+        raise ValueError(f"{model_name} v{version}: the model needs columns its feature definition does not list: "
+                         f"{', '.join(unlisted)}")
+    return LoadedModel(version=str(mv.version), booster=booster, threshold=threshold, tags=dict(mv.tags),
+                       features=definition)
+
+
+def check_servable(client: MlflowClient, model_name: str, version: str, n_threads: int = 1) -> LoadedModel:
+    """Load ``version`` as serving would and score a warm-up transaction with its own feature knobs.
+
+    Raises :class:`NotServable` (one line: the version and why) when it does not load, lacks its threshold
+    or feature definition, has a threshold outside [0, 1], or its warm-up score is not a probability.
+    """
+    try:
+        loaded = load_version(client, model_name, version, n_threads=n_threads)
+        if not 0.0 <= loaded.threshold <= 1.0:
+            raise ValueError(f"threshold {loaded.threshold} is outside [0, 1]")
+        warm_up_probability(loaded.version, loaded.booster, loaded.features.params)
+    except Exception as exc:  # every way a version fails becomes one refusal naming it (the cause is chained)
+        detail = (str(exc).splitlines() or [""])[0][:300]
+        raise NotServable(f"{model_name} v{version} is not servable: {type(exc).__name__}: {detail}") from exc
+    return loaded
 
 
 def load_alias(client: MlflowClient, model_name: str, alias: str, n_threads: int = 1) -> LoadedModel:
@@ -143,8 +218,10 @@ def move_alias(client: MlflowClient, model_name: str, alias: str, version: str, 
 
     Every move is a run in the experiment ``<model>-alias-events``, so the history lives in the same
     store as the registry on any backend. Returns the version the alias pointed at before (or None).
+    The version passes :func:`check_servable` first, so the alias never points at a version serving would
+    refuse (:class:`NotServable` otherwise, and nothing moves).
     """
-    client.get_model_version(model_name, version)  # raises when the version does not exist
+    check_servable(client, model_name, version)
     before = alias_version(client, model_name, alias)
     previous = str(before.version) if before is not None else None
     client.set_registered_model_alias(model_name, alias, version)

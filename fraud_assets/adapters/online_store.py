@@ -15,6 +15,7 @@ then, and an unknown label counts as "not fraud" in the terminal fraud rates, as
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -65,6 +66,7 @@ class TransactionStore(Protocol):
         ...
 
 
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _FEW_KEYS = 500  # above this many distinct keys a history read goes in chunks (SQLite's bound-parameter cap)
 
 
@@ -88,7 +90,27 @@ def _snapshot_rows(frame: pd.DataFrame) -> Iterator[tuple]:
         yield (*row[:5], None if pd.isna(row[5]) else int(row[5]))
 
 
-class SqliteTransactionStore:
+class _OneConnectionPerThread:
+    """What both stores do alike over their per-thread connection (``_connect``, ``_local``)."""
+
+    _local: threading.local
+
+    def _connect(self) -> Any:
+        raise NotImplementedError
+
+    def count(self) -> int:
+        """How many transactions the store holds."""
+        return int(self._connect().execute("SELECT COUNT(*) FROM transactions").fetchone()[0])
+
+    def close(self) -> None:
+        """Close this thread's connection (the next call opens a new one)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+class SqliteTransactionStore(_OneConnectionPerThread):
     """The embedded store: one SQLite file, WAL mode, safe for several processes."""
 
     def __init__(self, path: str | Path) -> None:
@@ -180,16 +202,14 @@ class SqliteTransactionStore:
             cur = conn.execute("DELETE FROM transactions WHERE ts < ?", (int(before_s),))
         return cur.rowcount
 
-    def count(self) -> int:
-        """How many transactions the store holds."""
-        return int(self._connect().execute("SELECT COUNT(*) FROM transactions").fetchone()[0])
 
-
-class PostgresTransactionStore:
+class PostgresTransactionStore(_OneConnectionPerThread):
     """The networked store: the same table in PostgreSQL, for replicas on several machines (psycopg 3)."""
 
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
+    def __init__(self, dsn: str, schema: str | None = None) -> None:
+        if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(f"schema {schema!r} must be a lower-case identifier (letters, digits, _; 63 at most)")
+        self.dsn, self.schema = dsn, schema
         self._local = threading.local()
         with self._connect().transaction():
             for statement in SCHEMA.replace("INTEGER NOT NULL", "BIGINT NOT NULL").replace(
@@ -203,6 +223,10 @@ class PostgresTransactionStore:
             import psycopg  # only a PostgreSQL store needs the driver
 
             conn = psycopg.connect(self.dsn, autocommit=True)
+            if self.schema is not None:  # a scratch schema (the parity audit's), the same table inside it
+                from psycopg import sql
+
+                conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
             self._local.conn = conn
         return conn
 
@@ -253,10 +277,6 @@ class PostgresTransactionStore:
     def prune(self, before_s: int) -> int:
         """Delete rows with ``ts < before_s``; return how many went."""
         return self._connect().execute("DELETE FROM transactions WHERE ts < %s", (int(before_s),)).rowcount
-
-    def count(self) -> int:
-        """How many transactions the store holds."""
-        return int(self._connect().execute("SELECT COUNT(*) FROM transactions").fetchone()[0])
 
 
 def open_store(location: str | Path) -> TransactionStore:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fraud_assets import settings
+from fraud_assets.cli.parity import check_parity
 from fraud_assets.params import Params, load_params
 
 if TYPE_CHECKING:
@@ -19,6 +22,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Fraud detection MLOps: DVC snapshots -> Dagster -> MLflow -> Ray Serve.",
                   no_args_is_help=True, add_completion=False)
+app.command("check-parity")(check_parity)
 
 
 def _project() -> tuple[Path, Params]:
@@ -57,7 +61,7 @@ def _simulate(root: Path, p: Params, start: str | None = None, months: int | Non
     for month, frame in iter_months(p.data, first, months or p.data.months):
         path = snapshot_path(data_dir, month)
         frame.to_parquet(path, index=False)
-        result = validate_transactions(frame, month, source=path.name, seen_ids=seen)
+        result = validate_transactions(frame, month, source=path.name, seen_ids=seen, data=p.data)
         seen = seen.append(pd.Index(frame["transaction_id"]))
         by = frame.loc[frame["is_fraud"] == 1, "fraud_scenario"].value_counts()
         scenarios = " ".join(f"{_SHORT.get(k, k)}={v}" for k, v in sorted(by.items()))
@@ -109,7 +113,7 @@ def import_(
     for w in written:
         frame = read_snapshot(w.path)
         seen = earlier_month_ids(data_dir, w.month)
-        result = validate_transactions(frame, w.month, source=w.path.name, seen_ids=seen)
+        result = validate_transactions(frame, w.month, source=w.path.name, seen_ids=seen, data=p.data)
         typer.echo(_summary_line(w.month, frame, result.counts["rows_quarantined"], hashes[w.month]) + f"  {w.status}")
 
 
@@ -275,14 +279,28 @@ def promote(
     version: Annotated[str, typer.Option(help="Model version to make champion")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the history)")],
 ) -> None:
-    """Move the champion alias to a version by hand; the serving app follows the alias."""
+    """Move the champion alias to a version by hand (refused unless serving could load and score it); the
+    serving app follows the alias."""
     from fraud_assets.adapters import mlflow_registry
 
     _, p = _project()
     reg = p.registry
-    previous = mlflow_registry.move_alias(_client(), reg.model_name, reg.champion_alias, version, reason,
-                                          actor=_actor())
+    with _refusal_exits():
+        previous = mlflow_registry.move_alias(_client(), reg.model_name, reg.champion_alias, version, reason,
+                                              actor=_actor())
     typer.echo(f"{reg.champion_alias}: v{previous or '-'} -> v{version}")
+
+
+@contextlib.contextmanager
+def _refusal_exits() -> Iterator[None]:
+    """A version serving would refuse: one line naming it and why, exit code 1, no traceback."""
+    from fraud_assets.adapters.mlflow_registry import NotServable
+
+    try:
+        yield
+    except NotServable as exc:
+        typer.secho(f"refused: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -299,7 +317,9 @@ def rollback(reason: Annotated[str, typer.Option(help="Why (recorded in the hist
     previous = rollback_target(mlflow_registry.alias_history(client, name, alias))
     if not previous:
         raise typer.BadParameter(f"{alias} v{current.version} has no recorded predecessor to roll back to")
-    mlflow_registry.move_alias(client, name, alias, previous, f"rollback: {reason}", actor=_actor(), kind="rollback")
+    with _refusal_exits():
+        mlflow_registry.move_alias(client, name, alias, previous, f"rollback: {reason}", actor=_actor(),
+                                   kind="rollback")
     typer.echo(f"{alias}: v{current.version} -> v{previous} (rollback)")
 
 

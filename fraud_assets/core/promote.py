@@ -52,3 +52,15 @@ def rollback_target(history: Sequence[Mapping[str, str]]) -> str | None:
         elif move.get("previous_version") and move["previous_version"] != move["version"]:
             earlier.append(move["previous_version"])
     return earlier[-1] if earlier else None
+
+
+def confirm_champion(decision: Decision, evaluated: str | None, current: str | None) -> Decision:
+    """``decision`` if the champion is still the one it was judged against; else a refusal naming both.
+
+    ``evaluated`` is the champion version of the evaluation (None: there was none), ``current`` the one the
+    alias points at now: a move in between (by hand, or another run) voids the comparison.
+    """
+    if not decision.promote or evaluated == current:
+        return decision
+    return Decision(False, f"champion changed since the evaluation (v{evaluated or '-'} then, v{current or '-'} "
+                           "now): not moved; evaluate again against the current champion")

@@ -10,6 +10,7 @@ import pandas as pd
 import pandera.errors as pa_errors
 
 from fraud_assets.core.months import available_months, month_bounds, snapshot_path
+from fraud_assets.params import DataParams
 from fraud_assets.schemas import REQUIRED_COLUMNS, transaction_schema
 
 REASON_COLUMN = "quarantine_reason"
@@ -54,11 +55,13 @@ def _describe(row: pd.Series) -> str:
 
 
 def validate_transactions(df: pd.DataFrame, month: str | None = None, source: str = "input",
-                          seen_ids: Collection[str] | pd.Index | None = None) -> ValidationResult:
+                          seen_ids: Collection[str] | pd.Index | None = None, *, data: DataParams
+                          ) -> ValidationResult:
     """Split ``df`` into schema-valid rows and quarantined rows, each with the reasons it failed.
 
     Args:
         df: transactions in the canonical schema (extra columns are kept).
+        data: the ``data`` params; a row above ``max_amount`` or dated before ``min_tx_date`` is quarantined.
         month: when given, timestamps must fall inside this calendar month.
         source: a name for error messages (usually the file).
         seen_ids: transaction ids already used by other (earlier) months; rows reusing one are quarantined.
@@ -70,7 +73,7 @@ def validate_transactions(df: pd.DataFrame, month: str | None = None, source: st
     if missing:
         raise SnapshotError(f"{source}: missing required column(s) {', '.join(missing)}")
     bounds = month_bounds(month) if month else (None, None)
-    schema = transaction_schema(*bounds)
+    schema = transaction_schema(data.max_amount, data.min_tx_date, *bounds)
     frame = df.reset_index(drop=True)
     unreadable = _unreadable(frame)  # judged before pandera, whose failed coercion would fail the whole column
     clashes = pd.concat([unreadable, _id_clashes(frame, seen_ids)], ignore_index=True)

@@ -16,17 +16,25 @@ MONTHLY_JOB = "monthly_pipeline"
 INGEST_JOB = "ingest_month"
 RETRAIN_JOB = "retrain_month"
 WEBHOOK_ENV = "FRAUD_ALERT_WEBHOOK_URL"
+# On every job: the run queue (dagster.yaml in the Dagster home, see runner.ensure_dagster_home) starts one run with
+# this tag at a time, oldest first. A month's features read the months before it and training reads them all, so N
+# months arriving at once run in order and give the bytes of a sequential `fraud pipeline`; and two challengers are
+# never trained, evaluated and promoted against the same champion at once.
+SERIAL_TAG = ("fraud/queue", "serial")
 
 
 def build_jobs(partitions: dg.PartitionsDefinition) -> list[Any]:
     """A job for the whole monthly graph and one for ingestion + features only."""
     return [
         dg.define_asset_job(MONTHLY_JOB, selection=dg.AssetSelection.all(), partitions_def=partitions,
-                            description="Ingest, featurize, train, evaluate and decide for one month."),
+                            description="Ingest, featurize, train, evaluate and decide for one month.",
+                            tags=dict([SERIAL_TAG])),
         dg.define_asset_job(INGEST_JOB, selection=dg.AssetSelection.groups("ingestion", "features", "monitoring"),
-                            partitions_def=partitions, description="Ingest, featurize and check drift for one month."),
+                            partitions_def=partitions, description="Ingest, featurize and check drift for one month.",
+                            tags=dict([SERIAL_TAG])),
         dg.define_asset_job(RETRAIN_JOB, selection=dg.AssetSelection.groups("training"), partitions_def=partitions,
-                            description="Train, evaluate and decide with this month as the holdout."),
+                            description="Train, evaluate and decide with this month as the holdout.",
+                            tags=dict([SERIAL_TAG])),
     ]
 
 

@@ -21,7 +21,7 @@ from fraud_assets.orchestration.automation import (
     build_schedule,
     build_snapshot_sensor,
 )
-from fraud_assets.orchestration.partitions import monthly_partitions
+from fraud_assets.orchestration.partitions import first_month, monthly_partitions
 from fraud_assets.orchestration.resources import (
     FrameIOManager,
     MlflowResource,
@@ -32,9 +32,9 @@ from fraud_assets.orchestration.resources import (
 from fraud_assets.params import Params, load_params
 
 
-def build_assets(params: Params) -> list[dg.AssetsDefinition]:
-    """Every asset of the graph, monthly partitioned."""
-    parts = monthly_partitions(params)
+def build_assets(params: Params, first: str | None = None) -> list[dg.AssetsDefinition]:
+    """Every asset of the graph, monthly partitioned from ``first`` (default: ``data.start_month``)."""
+    parts = monthly_partitions(first or params.data.start_month)
     return [*build_ingestion_assets(params, parts), *build_feature_assets(params, parts),
             *build_training_assets(params, parts), *build_monitoring_assets(params, parts)]
 
@@ -58,9 +58,10 @@ def build_definitions(root: Path | None = None, resources: Mapping[str, Any] | N
     settings.disable_telemetry()
     root = root or settings.project_root()
     params = params or load_params(root / "params.yaml")
-    parts = monthly_partitions(params)
+    first = first_month(root / params.data.dir, params)
+    parts = monthly_partitions(first)
     return dg.Definitions(
-        assets=build_assets(params),
+        assets=build_assets(params, first),
         jobs=build_jobs(parts),
         schedules=[build_schedule(params, root)],
         sensors=[build_snapshot_sensor(params, root), build_drift_sensor(),

@@ -9,10 +9,23 @@ from pathlib import Path
 import dagster as dg
 
 from fraud_assets import settings
+from fraud_assets.orchestration.automation import SERIAL_TAG
 from fraud_assets.orchestration.definitions import build_assets, default_resources
+from fraud_assets.orchestration.partitions import first_month
 from fraud_assets.params import Params
 
-INSTANCE_CONFIG = "telemetry:\n  enabled: false\n"  # DAGSTER_DISABLE_TELEMETRY alone leaves the banner on
+# Telemetry off (DAGSTER_DISABLE_TELEMETRY alone leaves the banner on). Runs that read each other's months (a month's
+# features read the months before it; training reads them all) are queued one at a time in the order the sensor
+# requested them, so N months arriving at once give the same bytes as a sequential `fraud pipeline`.
+INSTANCE_CONFIG = f"""telemetry:
+  enabled: false
+concurrency:
+  runs:
+    tag_concurrency_limits:
+      - key: "{SERIAL_TAG[0]}"
+        value: "{SERIAL_TAG[1]}"
+        limit: 1
+"""
 
 
 def ensure_dagster_home(home: Path | None = None) -> Path:
@@ -40,7 +53,7 @@ def run_months(months: Sequence[str], train_month: str | None, root: Path, param
     Raises:
         RuntimeError: a run failed; the message names the run and the month.
     """
-    assets = build_assets(params)
+    assets = build_assets(params, first_month(root / params.data.dir, params))
     resources = default_resources(root, params)
     instance = instance or project_instance()
     for month in months:

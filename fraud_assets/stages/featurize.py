@@ -1,4 +1,5 @@
-"""Stage ``featurize``: features of each validated month, the month before as history (the code serving uses)."""
+"""Stage ``featurize``: features of each validated month, the months its windows reach back into as history (the
+code serving uses)."""
 
 from __future__ import annotations
 

@@ -8,11 +8,13 @@ import pandas as pd
 
 from fraud_assets.core.months import available_months, snapshot_path
 from fraud_assets.core.validate import read_snapshot, validate_transactions
+from fraud_assets.params import DataParams
 from fraud_assets.stages import PREPARED, QUARANTINE, stage_params, write_json
 
 
-def prepare(data_dir: Path, out_dir: Path, quarantine_dir: Path) -> dict[str, dict[str, float]]:
-    """Validate each month in ``data_dir``, write valid and quarantined rows; return counts per month."""
+def prepare(data_dir: Path, out_dir: Path, quarantine_dir: Path, data: DataParams) -> dict[str, dict[str, float]]:
+    """Validate each month in ``data_dir`` under the ``data`` params' bounds, write valid and quarantined rows;
+    return counts per month."""
     months = available_months(data_dir)
     if not months:
         raise FileNotFoundError(f"no snapshots in {data_dir}: run `fraud simulate` or `dvc pull data.dvc`")
@@ -23,7 +25,7 @@ def prepare(data_dir: Path, out_dir: Path, quarantine_dir: Path) -> dict[str, di
     for month in months:
         path = snapshot_path(data_dir, month)
         raw = read_snapshot(path)
-        result = validate_transactions(raw, month, source=path.name, seen_ids=seen)
+        result = validate_transactions(raw, month, source=path.name, seen_ids=seen, data=data)
         seen = seen.append(pd.Index(raw["transaction_id"].dropna().astype(str).unique()))
         result.valid.to_parquet(out_dir / f"{month}.parquet", index=False)
         result.quarantined.to_parquet(quarantine_dir / f"{month}.parquet", index=False)
@@ -35,7 +37,7 @@ def prepare(data_dir: Path, out_dir: Path, quarantine_dir: Path) -> dict[str, di
 def main() -> None:
     """Validate all snapshots; fail (as Dagster's blocking check does) when a month quarantines too much."""
     p = stage_params()
-    counts = prepare(Path(p.data.dir), PREPARED, QUARANTINE)
+    counts = prepare(Path(p.data.dir), PREPARED, QUARANTINE, p.data)
     write_json(PREPARED / "counts.json", counts)
     over = {m: c["quarantine_share"] for m, c in counts.items() if c["quarantine_share"] > p.data.max_quarantine_share}
     if over:

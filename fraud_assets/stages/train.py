@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fraud_assets.adapters import dvc_repo
+from fraud_assets.core.contract import feature_definition
 from fraud_assets.core.features import FEATURE_COLUMNS
 from fraud_assets.core.months import available_months
 from fraud_assets.core.split import split_by_time, training_months
@@ -30,6 +31,7 @@ def train(features_dir: Path, p: Params, root: Path) -> dict[str, Any]:
         "train_months": split.train_months,
         "data_versions": {m: dvc_repo.snapshot_version(root, p.data.dir, m) for m in [*split.train_months, holdout]},
         "features": FEATURE_COLUMNS,
+        "feature_definition": feature_definition(p.features).to_dict(),  # knobs, windows, columns: what serving builds
         "best_iteration": int(booster.attr("best_iteration") or 0),
         "rows_train": len(split.train),
         "rows_valid": len(split.valid),

@@ -172,3 +172,31 @@ def test_the_online_store_on_postgres_gives_batch_mode_features(postgres: str) -
     cutoff = int(pd.Timestamp("2025-01-15", tz="UTC").timestamp())
     older = int((history["tx_datetime"] < pd.Timestamp("2025-01-15", tz="UTC")).sum())
     assert store.prune(cutoff) == older and store.count() == len(history) + len(head) - older
+
+
+def test_parity_audit_on_a_postgres_store_uses_a_scratch_schema(postgres: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fraud check-parity` with a PostgreSQL online store: parity holds, the replay ran in a schema of its own
+    that is gone afterwards, and the team's table is untouched."""
+    import psycopg
+    from typer.testing import CliRunner
+
+    from fraud_assets.adapters.online_store import open_store
+    from fraud_assets.cli.main import app
+    from tests.unit.test_parity import MONTH, write_parity_state
+
+    root = write_small_project(tmp_path / "project", months=3, n_customers=300)
+    write_parity_state(root, tmp_path / "state")
+    monkeypatch.setenv("FRAUD_PROJECT_ROOT", str(root))
+    monkeypatch.setenv("FRAUD_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("FRAUD_ONLINE_STORE", postgres)
+    real = open_store(postgres)
+    before = real.count()
+    res = CliRunner().invoke(app, ["check-parity", "--month", MONTH, "--rows", "200"])
+    assert res.exit_code == 0, res.output
+    assert "rows compared   400" in res.output and "rows differing  0 " in res.output
+    assert "PostgreSQL schema fraud_parity_" in res.output
+    assert real.count() == before
+    with psycopg.connect(postgres) as conn:
+        left = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'fraud_parity_%'").fetchall()
+    assert left == []

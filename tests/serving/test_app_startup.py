@@ -25,12 +25,17 @@ def test_importing_the_app_starts_nothing() -> None:
     assert not ray.is_initialized()
 
 
-def test_openapi_lists_every_endpoint_and_every_ref_resolves() -> None:
+def test_openapi_lists_every_endpoint_and_every_ref_resolves(monkeypatch: pytest.MonkeyPatch) -> None:
     import json
     import re
 
-    from serving.app import app
+    from fraud_assets.params import load_params
+    from serving.api import request_types
+    from serving.app import ScoringApi, app
 
+    data = load_params().data
+    monkeypatch.setattr(ScoringApi, "requests", request_types(data.max_amount, data.min_tx_date, 77))  # as a replica
+    monkeypatch.setattr(app, "openapi_schema", None)
     doc = app.openapi()
     assert set(doc["paths"]) == {"/predict", "/predict/batch", "/labels", "/health", "/ready", "/metrics"}
     refs = set(re.findall(r'"\$ref": "([^"]+)"', json.dumps(doc)))
@@ -39,6 +44,18 @@ def test_openapi_lists_every_endpoint_and_every_ref_resolves() -> None:
     batch = doc["paths"]["/predict/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert batch["properties"]["transactions"]["items"]["required"] == [
         "transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount"]
+    assert batch["properties"]["transactions"]["maxItems"] == 77
+    amount = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"][
+        "amount"]
+    assert (amount["minimum"], amount["maximum"]) == (0, data.max_amount)
+    assert doc["components"]["securitySchemes"]["ApiKey"] == {"type": "apiKey", "in": "header", "name": "x-api-key"}
+    for path in ("/predict", "/predict/batch", "/labels"):
+        operation = doc["paths"][path]["post"]
+        assert operation["security"] == [{"ApiKey": []}] and "requestBody" in operation
+        assert {"200", "401", "413", "422", "503"} <= set(operation["responses"])
+    errors = doc["components"]["schemas"]["ValidationErrors"]["properties"]["detail"]
+    assert errors["items"] == {"$ref": "#/components/schemas/FieldError"}
+    assert "security" not in doc["paths"]["/health"]["get"]
 
 
 def test_stopping_forgets_direct_ingress_mode(monkeypatch: pytest.MonkeyPatch) -> None:

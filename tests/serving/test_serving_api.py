@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+from datetime import UTC, date, datetime, timedelta
 
+import orjson
 import pytest
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from serving.api import Score, Transaction, TransactionBatch
+from fraud_assets.params import load_params
+from serving.api import LABEL_BATCH, Score, request_types
+from serving.app import _invalid_request, _parse
 
 GOOD = {"transaction_id": "t1", "tx_datetime": "2025-03-01T10:00:00+02:00", "customer_id": "c1",
         "terminal_id": "k1", "amount": 12.5}
+DATA = load_params().data
+REQUESTS = request_types(DATA.max_amount, DATA.min_tx_date, 50)
+TRANSACTION = REQUESTS.transaction
 
 
 def test_valid_transaction_is_normalised_to_utc() -> None:
-    tx = Transaction.model_validate(GOOD)
-    assert tx.tx_datetime == datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
-    assert tx.tx_datetime.utcoffset().total_seconds() == 0
+    tx = TRANSACTION.validate_python(GOOD)
+    assert tx["tx_datetime"] == datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
+    assert tx["tx_datetime"].utcoffset().total_seconds() == 0
 
 
 def test_integer_amount_and_zulu_time_are_accepted() -> None:
-    tx = Transaction.model_validate({**GOOD, "amount": 0, "tx_datetime": "2025-03-01T10:00:00Z"})
-    assert tx.amount == 0.0 and tx.tx_datetime.hour == 10
+    tx = TRANSACTION.validate_python({**GOOD, "amount": 0, "tx_datetime": "2025-03-01T10:00:00Z"})
+    assert tx["amount"] == 0.0 and tx["tx_datetime"].hour == 10
 
 
 @pytest.mark.parametrize(("field", "value"), [
@@ -32,6 +40,13 @@ def test_integer_amount_and_zulu_time_are_accepted() -> None:
     ("amount", "12.5"),
     ("amount", True),
     ("amount", None),
+    ("amount", 10_000_000.01),  # above data.max_amount
+    ("amount", 1.4e308),  # overflowed the features' variance once (a 500)
+    ("tx_datetime", "1792-03-01T10:00:00Z"),
+    ("tx_datetime", "1999-12-31T23:59:59Z"),  # before data.min_tx_date (UTC midnight)
+    ("tx_datetime", "2000-01-01T00:30:00+01:00"),  # 1999-12-31 23:30 in UTC
+    ("tx_datetime", "0001-01-01T00:00:00+01:00"),  # not even convertible to UTC
+    ("tx_datetime", (datetime.now(UTC) + timedelta(days=1, minutes=5)).isoformat()),
     ("tx_datetime", "2025-03-01T10:00:00"),
     ("tx_datetime", "yesterday"),
     ("tx_datetime", 1_740_000_000),
@@ -44,15 +59,69 @@ def test_integer_amount_and_zulu_time_are_accepted() -> None:
 ])
 def test_bad_value_names_its_field(field: str, value: object) -> None:
     with pytest.raises(ValidationError) as info:
-        Transaction.model_validate({**GOOD, field: value})
+        TRANSACTION.validate_python({**GOOD, field: value})
     assert [e["loc"][0] for e in info.value.errors()] == [field]
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("amount", 0),
+    ("amount", DATA.max_amount),
+    ("tx_datetime", "2000-01-01T00:00:00Z"),
+    ("tx_datetime", "2000-01-01T01:00:00+01:00"),  # the same instant
+    ("tx_datetime", (datetime.now(UTC) + timedelta(hours=23)).isoformat()),  # a clock ahead of ours
+])
+def test_values_at_the_bounds_are_accepted(field: str, value: object) -> None:
+    assert TRANSACTION.validate_python({**GOOD, field: value})[field] is not None
+
+
+def test_bounds_come_from_the_arguments() -> None:
+    strict = request_types(100.0, date(2025, 3, 1), 50).transaction  # GOOD is 2025-03-01 08:00 UTC
+    for field, value in (("amount", 100.5), ("tx_datetime", "2025-02-28T23:59:59Z")):
+        with pytest.raises(ValidationError) as info:
+            strict.validate_python({**GOOD, field: value})
+        assert info.value.errors()[0]["loc"] == (field,)
+
+
+def test_out_of_bounds_body_is_a_422_naming_the_field() -> None:
+    """The replica's path: the raw body parsed by :func:`_parse`, answered by the app's 422 handler."""
+    body = orjson.dumps({**GOOD, "amount": 1.4e308, "tx_datetime": "1792-03-01T10:00:00Z"})
+    with pytest.raises(RequestValidationError) as info:
+        _parse(TRANSACTION, body)
+    response = asyncio.run(_invalid_request(None, info.value))  # type: ignore[arg-type]
+    assert response.status_code == 422
+    detail = orjson.loads(response.body)["detail"]
+    assert [d["loc"] for d in detail] == [["body", "tx_datetime"], ["body", "amount"]]
+    assert all(set(d) == {"loc", "type", "msg"} for d in detail)
+    assert "2000-01-01" in detail[0]["msg"] and detail[1]["type"] == "less_than_equal"
+
+
+def test_batch_documents_its_row_limit_and_bounds() -> None:
+    schema = REQUESTS.transaction_batch.json_schema()
+    assert schema["properties"]["transactions"]["maxItems"] == 50
+    (record,) = schema["$defs"].values()
+    assert record["properties"]["amount"]["maximum"] == DATA.max_amount
+    assert record["properties"]["amount"]["minimum"] == 0
+
+
+@pytest.mark.parametrize(("value", "stored"), [(1, 1), (0, 0), (1.0, 1), (0.0, 0)])
+def test_label_accepts_json_integers_written_either_way(value: float, stored: int) -> None:
+    body = orjson.dumps({"labels": [{"transaction_id": "t1", "is_fraud": value}]})
+    (label,) = LABEL_BATCH.validate_json(body).labels
+    assert label.is_fraud == stored and type(label.is_fraud) is int
+
+
+@pytest.mark.parametrize("value", [0.5, 2, -1, True, False, "1", "true", None])
+def test_label_refuses_anything_else(value: object) -> None:
+    with pytest.raises(ValidationError) as info:
+        LABEL_BATCH.validate_json(orjson.dumps({"labels": [{"transaction_id": "t1", "is_fraud": value}]}))
+    assert info.value.errors()[0]["loc"] == ("labels", 0, "is_fraud")
 
 
 def test_overflowing_json_amount_is_refused() -> None:
     body = '{"transaction_id":"t1","tx_datetime":"2025-03-01T10:00:00Z","customer_id":"c","terminal_id":"k",' \
            '"amount":1e400}'
     with pytest.raises(ValidationError) as info:
-        Transaction.model_validate_json(body)
+        TRANSACTION.validate_json(body)
     assert info.value.errors()[0]["loc"] == ("amount",)
 
 
@@ -60,21 +129,21 @@ def test_overflowing_json_amount_is_refused() -> None:
 def test_missing_field_is_named(missing: str) -> None:
     body = {k: v for k, v in GOOD.items() if k != missing}
     with pytest.raises(ValidationError) as info:
-        Transaction.model_validate(body)
+        TRANSACTION.validate_python(body)
     assert info.value.errors()[0]["loc"] == (missing,)
     assert info.value.errors()[0]["type"] == "missing"
 
 
 def test_extra_fields_are_forbidden_including_the_label() -> None:
     with pytest.raises(ValidationError) as info:
-        Transaction.model_validate({**GOOD, "is_fraud": 1})
+        TRANSACTION.validate_python({**GOOD, "is_fraud": 1})
     assert info.value.errors()[0]["loc"] == ("is_fraud",)
     assert info.value.errors()[0]["type"] == "extra_forbidden"
 
 
 def test_batch_must_not_be_empty() -> None:
     with pytest.raises(ValidationError) as info:
-        TransactionBatch.model_validate({"transactions": []})
+        REQUESTS.transaction_batch.validate_python({"transactions": []})
     assert info.value.errors()[0]["loc"] == ("transactions",)
 
 

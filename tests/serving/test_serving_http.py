@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fraud_assets.adapters import mlflow_registry
 from fraud_assets.adapters.mlflow_registry import LoadedModel
 from fraud_assets.adapters.online_store import OnlineFeatures, SqliteTransactionStore
+from fraud_assets.core.contract import feature_definition
 from fraud_assets.core.features import FEATURE_COLUMNS, build_features, build_features_by_month
 from fraud_assets.core.simulate import simulate_months
 from fraud_assets.core.split import split_by_time
@@ -65,10 +66,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _register(uri: str, artifact_root: str, booster: xgb.Booster, tags: dict[str, str]) -> str:
+def _register(uri: str, artifact_root: str, booster: xgb.Booster, tags: dict[str, str],
+              definition: bool = True) -> str:
+    """A version with ``tags`` and (unless told not to) the feature definition of ``params.yaml``."""
     c = mlflow_registry.client_for(uri)
     run = c.create_run(mlflow_registry.ensure_experiment(c, "fraud-detection", artifact_root))
     model_uri = mlflow_registry.log_booster(booster, run.info.run_id, uri)
+    tags = {**(mlflow_registry.definition_tags(load_params().features) if definition else {}), **tags}
     mv = mlflow_registry.register_version(c, MODEL, model_uri, run.info.run_id, tags)
     c.set_terminated(run.info.run_id)
     return str(mv.version)
@@ -81,8 +85,10 @@ def _trained_booster(months: dict[str, pd.DataFrame]) -> xgb.Booster:
     return train_model(split.train, split.valid, params.train)
 
 
+# The replica's params.yaml says another label delay than the champion was trained with: it must serve with the
+# champion's own (the offline comparisons below build features with ``load_params().features``, the champion's).
 SERVE_OVERRIDES = {"serve.min_replicas": 1, "serve.max_replicas": 1, "serve.reload_interval_s": 0.5,
-                   "serve.max_batch_rows": MAX_ROWS, "serve.max_body_bytes": MAX_BODY}
+                   "serve.max_batch_rows": MAX_ROWS, "serve.max_body_bytes": MAX_BODY, "features.label_delay_days": 2}
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +134,8 @@ def _store_now(served: Served) -> SqliteTransactionStore:
 def _offline(served: Served, txs: list[dict], store: SqliteTransactionStore | None = None) -> list[float]:
     """Offline scores of ``txs`` against the store state before they were sent (pass it when sent later)."""
     features = OnlineFeatures(store or _store_now(served), served.features, remember=False)
-    predictor = Predictor(LoadedModel(served.version, served.booster, THRESHOLD, {}), served.features, features)
+    loaded = LoadedModel(served.version, served.booster, THRESHOLD, {}, feature_definition(served.features))
+    predictor = Predictor(loaded, features)
     return predictor.probabilities(txs)
 
 
@@ -412,7 +419,8 @@ def _register_corrupt(served: Served, tmp: Path) -> str:
     (folder / "model.ubj").write_bytes(b"this is not an XGBoost model")
     c = mlflow_registry.client_for(served.tracking_uri)
     run = c.create_run(mlflow_registry.ensure_experiment(c, "fraud-detection", served.artifact_root))
-    mv = mlflow_registry.register_version(c, MODEL, folder.as_uri(), run.info.run_id, {"threshold": "0.5"})
+    tags = {"threshold": "0.5", **mlflow_registry.definition_tags(served.features)}  # refused for its file alone
+    mv = mlflow_registry.register_version(c, MODEL, folder.as_uri(), run.info.run_id, tags)
     return str(mv.version)
 
 
@@ -421,12 +429,16 @@ def _foreign_booster() -> xgb.Booster:
     return xgb.train({"nthread": 1}, xgb.DMatrix(x, label=(x[:, 0] > 0.5), feature_names=["a", "b"]), 2)
 
 
-@pytest.mark.parametrize("kind", ["no threshold tag", "corrupt artifact", "fails its warm-up"])
+@pytest.mark.parametrize("kind", ["no threshold tag", "no feature definition", "corrupt artifact",
+                                  "fails its warm-up"])
 def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(http: httpx.Client, served: Served,
                                                                   tmp_path: Path, kind: str) -> None:
     c = mlflow_registry.client_for(served.tracking_uri)
     if kind == "no threshold tag":
         broken = _register(served.tracking_uri, served.artifact_root, served.booster, {"note": "no threshold"})
+    elif kind == "no feature definition":  # registered before versions carried one: never today's params instead
+        broken = _register(served.tracking_uri, served.artifact_root, served.booster, {"threshold": "0.5"},
+                           definition=False)
     elif kind == "corrupt artifact":
         broken = _register_corrupt(served, tmp_path)
     else:

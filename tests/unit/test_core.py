@@ -89,7 +89,7 @@ def test_validation_quarantines_with_reasons(month_frame: pd.DataFrame) -> None:
     bad.loc[3, "transaction_id"] = bad.loc[4, "transaction_id"]
     bad.loc[5, "is_fraud"] = 2
     bad.loc[6, "tx_datetime"] = pd.Timestamp("2025-03-01", tz="UTC")
-    result = validate_transactions(bad, "2025-02", source="test")
+    result = validate_transactions(bad, "2025-02", source="test", data=P.data)
     assert result.counts == {"rows_in": 50, "rows_valid": 44, "rows_quarantined": 6}
     reasons = dict(zip(result.quarantined["transaction_id"], result.quarantined[REASON_COLUMN], strict=True))
     assert "amount" in reasons[bad.loc[0, "transaction_id"]]
@@ -103,7 +103,7 @@ def test_validation_quarantines_with_reasons(month_frame: pd.DataFrame) -> None:
 
 def test_validation_missing_column_names_it(month_frame: pd.DataFrame) -> None:
     with pytest.raises(SnapshotError, match=r"2025-02\.parquet: missing required column\(s\) amount"):
-        validate_transactions(month_frame.drop(columns=["amount"]), "2025-02", source="2025-02.parquet")
+        validate_transactions(month_frame.drop(columns=["amount"]), "2025-02", source="2025-02.parquet", data=P.data)
 
 
 def test_unreadable_snapshot_names_the_file(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -227,12 +229,42 @@ def test_retention_shorter_than_the_features_lookback_is_refused() -> None:
         P.updated({"online_store.retention_days": 10})
 
 
-def test_features_by_month_give_each_month_the_one_before_as_history(months: dict[str, pd.DataFrame]) -> None:
+@pytest.fixture(scope="module")
+def three_months() -> dict[str, pd.DataFrame]:
+    """Three busy months (a 37-day lookback reaches two months back from a month's first days)."""
+    data = P.data.model_copy(update={"n_customers": 300, "n_terminals": 40})
+    return simulate_months(data, "2025-01", 3)
+
+
+def test_features_by_month_read_the_months_the_windows_reach_into(three_months: dict[str, pd.DataFrame]) -> None:
+    from fraud_assets.core.features import build_features_by_month, history_months
+
+    assert history_months(F) == 2  # 30 + 7 days: March 1st reads back to January 23rd
+    shuffled = {m: three_months[m] for m in sorted(three_months, reverse=True)}  # the mapping's order is irrelevant
+    by_month = build_features_by_month(shuffled, F)
+    jan, feb, mar = sorted(three_months)
+    assert list(by_month) == [jan, feb, mar]
+    assert by_month[jan].equals(build_features(three_months[jan], F))
+    both = pd.concat([three_months[jan], three_months[feb]], ignore_index=True)
+    assert by_month[mar].equals(build_features(three_months[mar], F, history=both))
+
+
+def test_month_boundary_training_features_equal_a_store_holding_everything_before(
+        tmp_path: Path, three_months: dict[str, pd.DataFrame]) -> None:
+    """The train/serve skew real exports showed: early-month rows read history older than the previous month."""
+    from fraud_assets.adapters.online_store import OnlineFeatures, SqliteTransactionStore
+    from fraud_assets.core.features import KEY_COLUMNS as KEY
     from fraud_assets.core.features import build_features_by_month
 
-    shuffled = {m: months[m] for m in sorted(months, reverse=True)}  # the order of the mapping does not matter
-    by_month = build_features_by_month(shuffled, F)
-    assert list(by_month) == sorted(months)
-    first, second = sorted(months)[:2]
-    assert by_month[first].equals(build_features(months[first], F))
-    assert by_month[second].equals(build_features(months[second], F, history=months[first]))
+    _, feb, mar = sorted(three_months)
+    batch = build_features_by_month(three_months, F)[mar]
+    early = three_months[mar].sort_values("tx_datetime").head(600)  # the first days of March, scored together
+    store = SqliteTransactionStore(tmp_path / "store.sqlite")  # the past, labels included (the batch is not in it)
+    store.seed(pd.concat([three_months["2025-01"], three_months[feb], three_months[mar].drop(early.index)]))
+    assert early["tx_datetime"].max() < pd.Timestamp("2025-03-08", tz="UTC")
+    online = OnlineFeatures(store, F, remember=False).matrix(early[[*KEY, "amount"]].to_dict("records"))
+    expected = batch.loc[early.index, FEATURE_COLUMNS].to_numpy()
+    assert np.abs(online - expected).max() <= 1e-9
+    # It would not hold with only February as history: the 30-day terminal windows end 7 days back in January.
+    short = build_features(three_months[mar], F, history=three_months[feb]).loc[early.index, FEATURE_COLUMNS]
+    assert np.abs(online - short.to_numpy()).max() > 1e-6

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from fraud_assets.adapters import dvc_repo
 from fraud_assets.cli.main import app
+from fraud_assets.core.contract import feature_definition, parse_definition
 from fraud_assets.params import load_params
 from fraud_assets.stages import evaluate, featurize, prepare, train
 from tests.conftest import write_small_project
@@ -34,6 +35,8 @@ def test_stages_write_prepared_features_model_and_metrics(pinned: Path, monkeypa
     meta = json.loads((pinned / "models/model_meta.json").read_text())
     hashes = dvc_repo.month_hashes(pinned)
     assert meta["data_versions"] == {m: hashes[m] for m in meta["data_versions"]}
+    knobs = load_params(pinned / "params.yaml").features
+    assert parse_definition(meta["feature_definition"]) == feature_definition(knobs)
     assert (pinned / "models/model.ubj").stat().st_size > 0
     metrics = json.loads((pinned / "metrics/evaluation.json").read_text())
     assert 0.0 < metrics["average_precision"] <= 1.0 and metrics["rows"] == counts[meta["holdout_month"]]["rows_valid"]

@@ -34,14 +34,14 @@ def _reason(frame: pd.DataFrame, row: int, **changes: object) -> str:
     for col, value in changes.items():
         bad[col] = bad[col].astype(object)  # room for a value of another type
         bad.loc[row, col] = value
-    result = validate_transactions(bad, "2025-02", source="2025-02.parquet")
+    result = validate_transactions(bad, "2025-02", source="2025-02.parquet", data=P.data)
     assert result.counts == {"rows_in": len(frame), "rows_valid": len(frame) - 1, "rows_quarantined": 1}
     assert result.quarantined.loc[0, "transaction_id"] == bad.loc[row, "transaction_id"]
     return result.quarantined.loc[0, REASON_COLUMN]
 
 
 def test_a_clean_month_is_all_valid(month: pd.DataFrame) -> None:
-    result = validate_transactions(month, "2025-02")
+    result = validate_transactions(month, "2025-02", data=P.data)
     assert result.counts == {"rows_in": 40, "rows_valid": 40, "rows_quarantined": 0}
     assert list(result.quarantined.columns) == [*month.columns, REASON_COLUMN]
     assert str(result.valid["tx_datetime"].dtype) == "datetime64[ns, UTC]"
@@ -70,10 +70,35 @@ def test_label_outside_0_1_names_the_rule(month: pd.DataFrame) -> None:
     assert "is_fraud" in reason and ("isin" in reason or "not 0 or 1" in reason)
 
 
+def test_amount_above_data_max_amount_is_quarantined_and_the_limit_itself_passes(month: pd.DataFrame) -> None:
+    assert P.data.max_amount == 10_000_000  # the reason below names params.yaml's bound
+    bad = month.copy()
+    bad.loc[4, "amount"], bad.loc[5, "amount"] = P.data.max_amount + 0.01, P.data.max_amount
+    result = validate_transactions(bad, "2025-02", data=P.data)
+    assert result.quarantined["transaction_id"].tolist() == [bad.loc[4, "transaction_id"]]
+    assert result.quarantined.loc[0, REASON_COLUMN] == "amount: failed amount_at_most[10000000]"
+    assert P.data.max_amount in result.valid["amount"].tolist()
+    lower = P.data.model_copy(update={"max_amount": 100.0})  # the bound comes from the argument, not a constant
+    assert validate_transactions(bad, "2025-02", data=lower).counts["rows_quarantined"] == (bad["amount"] > 100).sum()
+
+
+def test_timestamp_before_data_min_tx_date_is_quarantined_and_utc_midnight_passes(month: pd.DataFrame) -> None:
+    assert P.data.min_tx_date.isoformat() == "2000-01-01"
+    rows = month.head(3).copy()
+    rows["tx_datetime"] = pd.to_datetime(["1999-12-31 23:59:59", "2000-01-01 00:00:00", "1999-12-31 00:00:00"],
+                                         utc=True)
+    result = validate_transactions(rows, None, data=P.data)  # no month: only the lower bound can fail
+    assert result.counts == {"rows_in": 3, "rows_valid": 1, "rows_quarantined": 2}
+    assert set(result.quarantined[REASON_COLUMN]) == {"tx_datetime: failed tx_datetime_not_before[2000-01-01]"}
+    assert result.valid["tx_datetime"].tolist() == [pd.Timestamp("2000-01-01", tz="UTC")]
+    in_month = validate_transactions(rows.tail(2).head(1), "2000-01", data=P.data)  # exactly the bound, in its month
+    assert in_month.counts["rows_quarantined"] == 0
+
+
 def test_duplicate_id_within_the_month_keeps_the_first(month: pd.DataFrame) -> None:
     bad = month.copy()
     bad.loc[9, "transaction_id"] = bad.loc[2, "transaction_id"]
-    result = validate_transactions(bad, "2025-02")
+    result = validate_transactions(bad, "2025-02", data=P.data)
     assert result.counts["rows_quarantined"] == 1
     assert result.quarantined.loc[0, "amount"] == bad.loc[9, "amount"]  # the later copy goes
     assert result.quarantined.loc[0, REASON_COLUMN] == "transaction_id: duplicate value"
@@ -82,11 +107,11 @@ def test_duplicate_id_within_the_month_keeps_the_first(month: pd.DataFrame) -> N
 
 def test_ids_used_by_another_month_are_quarantined_naming_the_id(month: pd.DataFrame) -> None:
     seen = pd.Index(["tx-202501-0000001", month.loc[5, "transaction_id"]])
-    result = validate_transactions(month, "2025-02", seen_ids=seen)
+    result = validate_transactions(month, "2025-02", seen_ids=seen, data=P.data)
     assert result.counts == {"rows_in": 40, "rows_valid": 39, "rows_quarantined": 1}
     reason = result.quarantined.loc[0, REASON_COLUMN]
     assert reason == f"transaction_id: {month.loc[5, 'transaction_id']} already used in another month"
-    assert validate_transactions(month, "2025-02", seen_ids=set()).counts["rows_quarantined"] == 0
+    assert validate_transactions(month, "2025-02", seen_ids=set(), data=P.data).counts["rows_quarantined"] == 0
 
 
 def test_rows_in_equals_valid_plus_quarantined_with_many_kinds_of_bad_rows(month: pd.DataFrame) -> None:
@@ -102,7 +127,7 @@ def test_rows_in_equals_valid_plus_quarantined_with_many_kinds_of_bad_rows(month
     bad.loc[8, "amount"] = -5.0  # two reasons on one row ...
     bad.loc[8, "tx_datetime"] = pd.Timestamp("2025-04-02", tz="UTC")
     bad.loc[10, "transaction_id"] = "tx-202501-0000000"
-    result = validate_transactions(bad, "2025-02", seen_ids=["tx-202501-0000000"])
+    result = validate_transactions(bad, "2025-02", seen_ids=["tx-202501-0000000"], data=P.data)
     c = result.counts
     assert c["rows_in"] == len(bad) == c["rows_valid"] + c["rows_quarantined"]
     assert c["rows_quarantined"] == 9  # rows 0-3, 5 (the later copy), 6-8, 10
@@ -111,7 +136,7 @@ def test_rows_in_equals_valid_plus_quarantined_with_many_kinds_of_bad_rows(month
     assert result.quarantined[REASON_COLUMN].str.len().gt(0).all()
     two = result.quarantined.loc[result.quarantined["transaction_id"] == bad.loc[8, "transaction_id"], REASON_COLUMN]
     assert "amount" in two.iloc[0] and "tx_datetime" in two.iloc[0]  # ... both named, one row
-    assert validate_transactions(bad, "2025-02", seen_ids=["x"]).counts["rows_in"] == len(bad)
+    assert validate_transactions(bad, "2025-02", seen_ids=["x"], data=P.data).counts["rows_in"] == len(bad)
     pd.testing.assert_frame_equal(bad, bad.copy())  # input left as it was
 
 
@@ -119,7 +144,7 @@ def test_rows_in_equals_valid_plus_quarantined_with_many_kinds_of_bad_rows(month
                                     "is_fraud"])
 def test_missing_column_fails_naming_file_and_column(month: pd.DataFrame, column: str) -> None:
     with pytest.raises(SnapshotError, match=rf"2025-02\.parquet: missing required column\(s\) {column}"):
-        validate_transactions(month.drop(columns=[column]), "2025-02", source="2025-02.parquet")
+        validate_transactions(month.drop(columns=[column]), "2025-02", source="2025-02.parquet", data=P.data)
 
 
 def test_unreadable_or_missing_file_names_it(tmp_path: Path) -> None:
@@ -149,7 +174,7 @@ def test_prepare_stage_quarantines_an_id_reused_by_a_later_month(tmp_path: Path)
     feb.loc[3, "transaction_id"] = jan.loc[0, "transaction_id"]
     jan.to_parquet(data / "2025-01.parquet", index=False)
     feb.to_parquet(data / "2025-02.parquet", index=False)
-    counts = prepare(data, tmp_path / "prepared", tmp_path / "quarantine")
+    counts = prepare(data, tmp_path / "prepared", tmp_path / "quarantine", P.data)
     assert counts["2025-01"]["rows_quarantined"] == 0  # the first month to use an id keeps it
     assert counts["2025-02"]["rows_quarantined"] == 1
     q = pd.read_parquet(tmp_path / "quarantine" / "2025-02.parquet")

@@ -4,8 +4,9 @@
 import dagster as dg
 import pandas as pd
 
-from fraud_assets.core.features import FEATURE_COLUMNS, build_features
-from fraud_assets.orchestration.partitions import months_before
+from fraud_assets.core.features import FEATURE_COLUMNS, build_features, history_months
+from fraud_assets.core.months import shift_month
+from fraud_assets.orchestration.partitions import months_before, partition_start, require_months
 from fraud_assets.orchestration.resources import BY_PARTITION, OnlineStoreResource
 from fraud_assets.params import Params
 from fraud_assets.windows import DAY_S
@@ -15,21 +16,23 @@ GROUP = "features"
 
 def build_feature_assets(params: Params, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     """The feature assets for ``partitions``."""
-    with_previous = dg.AssetIn(  # the month and the one before it: windows reach back across the boundary
-        "validated_transactions",
-        partition_mapping=months_before(1),
-        metadata={BY_PARTITION: True},
-    )
+    k, first = history_months(params.features), partition_start(partitions)
+    with_history = dg.AssetIn(  # the month and the months its windows reach back into (the lookback)
+        "validated_transactions", partition_mapping=months_before(k), metadata={BY_PARTITION: True})
 
-    @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"pandas"}, ins={"months": with_previous})
+    @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"pandas"}, ins={"months": with_history})
     def transaction_features(context: dg.AssetExecutionContext, months: dict[str, pd.DataFrame]
                              ) -> dg.Output[pd.DataFrame]:
-        """Per-transaction, per-customer and per-terminal features of a month, the month before as history."""
+        """Per-transaction, per-customer and per-terminal features of a month, with the months its windows reach
+        back into as history (fails naming any of them that is not materialized)."""
         month = context.partition_key
-        history = [frame for m, frame in sorted(months.items()) if m < month]
-        frame = build_features(months[month], params.features, history=history[-1] if history else None)
+        require_months(months, [shift_month(month, -i) for i in range(k, -1, -1)], first, f"features of {month}")
+        history = [frame for m, frame in sorted(months.items()) if m < month and len(frame)]
+        past = pd.concat(history, ignore_index=True) if history else None
+        frame = build_features(months[month], params.features, history=past)
         return dg.Output(frame, metadata={"rows": len(frame), "features": len(FEATURE_COLUMNS),
-                                          "history_rows": len(history[-1]) if history else 0,
+                                          "history_months": ", ".join(m for m in sorted(months) if m < month),
+                                          "history_rows": 0 if past is None else len(past),
                                           "fraud_rate": float(frame["is_fraud"].mean()) if len(frame) else 0.0})
 
     @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"sqlite"})

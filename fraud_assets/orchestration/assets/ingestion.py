@@ -47,7 +47,8 @@ def build_ingestion_assets(params: Params, partitions: dg.PartitionsDefinition) 
         """Validate a month with pandera; invalid rows (and ids used by earlier months) are quarantined with reasons."""
         month = context.partition_key
         seen = earlier_month_ids(project.data_dir(), month)
-        result = validate_transactions(raw_transactions, month, source=f"{month}.parquet", seen_ids=seen)
+        result = validate_transactions(raw_transactions, month, source=f"{month}.parquet", seen_ids=seen,
+                                       data=params.data)
         counts = result.counts
         share = counts["rows_quarantined"] / max(counts["rows_in"], 1)
         reasons = result.quarantined["quarantine_reason"].value_counts().head(10).to_dict()

@@ -8,13 +8,14 @@ import numpy as np
 import pandas as pd
 
 from fraud_assets.adapters import mlflow_registry
+from fraud_assets.core.contract import knob_changes, rebuild_features
 from fraud_assets.core.drift import drift_report as compute_drift
 from fraud_assets.core.features import FEATURE_COLUMNS
 from fraud_assets.core.live import attach_labels
 from fraud_assets.core.live import live_performance as live_perf
 from fraud_assets.core.plots import drift_png
 from fraud_assets.core.train import missing_features, predict
-from fraud_assets.orchestration.partitions import months_before
+from fraud_assets.orchestration.partitions import months_before, partition_start
 from fraud_assets.orchestration.resources import BY_PARTITION, MlflowResource, PredictionLogResource
 from fraud_assets.params import Params
 
@@ -25,6 +26,7 @@ EXPERIMENT = "fraud-monitoring"
 def build_monitoring_assets(params: Params, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     """The monitoring assets for ``partitions``."""
     m = params.monitor
+    first = partition_start(partitions)
     window = dg.AssetIn(  # the month itself and the months before it (one input: Dagster maps one per asset)
         "transaction_features",
         partition_mapping=months_before(m.reference_months),
@@ -42,7 +44,7 @@ def build_monitoring_assets(params: Params, partitions: dg.PartitionsDefinition)
         transaction_features = features_by_month[month]
         # The first month of data has no earlier transactions, so its history features (counts, means, terminal
         # rates) are those of a cold start; comparing against it would flag every history feature as drift.
-        reference_by_month = {k: v for k, v in features_by_month.items() if k not in (month, params.data.start_month)}
+        reference_by_month = {k: v for k, v in features_by_month.items() if k not in (month, first)}
         if not reference_by_month:
             report = {"month": month, "drift_detected": False, "reasons": [],
                       "note": "no earlier month with a full feature history to compare"}
@@ -93,13 +95,16 @@ def build_monitoring_assets(params: Params, partitions: dg.PartitionsDefinition)
 
 def _champion_scores(mlflow: MlflowResource, params: Params, reference: pd.DataFrame, current: pd.DataFrame
                      ) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
-    """The serving champion's scores on both sides, or Nones when there is no (compatible) champion."""
+    """The serving champion's scores on both sides, on features built with its own knobs (rebuilt from the rows
+    when they differ from ``params.features``), or Nones when there is no (compatible) champion."""
     client, reg = mlflow.client(), params.registry
     if mlflow_registry.alias_version(client, reg.model_name, reg.champion_alias) is None:
         return None, None, None
     champion = mlflow_registry.load_alias(client, reg.model_name, reg.champion_alias, params.train.n_threads)
     if missing_features(champion.booster, current.columns):  # it needs features this code no longer builds
         return None, None, champion.version
+    if knob_changes(champion.features.params, params.features):
+        reference, current = rebuild_features(champion.features.params, [reference, current])
     return predict(champion.booster, reference), predict(champion.booster, current), champion.version
 
 

@@ -10,12 +10,12 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from fraud_assets.adapters import mlflow_registry
+from fraud_assets.core.contract import holdout_as_trained
 from fraud_assets.core.evaluate import choose_threshold_on, compare_on_holdout, oracle_average_precision
-from fraud_assets.core.features import FEATURE_COLUMNS
 from fraud_assets.core.plots import evaluation_plots
-from fraud_assets.core.promote import decide_promotion, minimum_bar_failures
+from fraud_assets.core.promote import Decision, confirm_champion, decide_promotion, minimum_bar_failures
 from fraud_assets.core.split import Split, split_by_time
-from fraud_assets.core.train import fit_challenger, missing_features, predict, predict_baseline, train_baseline
+from fraud_assets.core.train import fit_challenger, predict, predict_baseline, train_baseline
 from fraud_assets.orchestration.partitions import months_before
 from fraud_assets.orchestration.resources import BY_PARTITION, MlflowResource, ProjectResource
 from fraud_assets.params import Params
@@ -42,7 +42,7 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
         booster, threshold = fit_challenger(split.train, split.valid, params.train, params.evaluate)
         versions = {m: project.snapshot_version(m) for m in [*split.train_months, month]}
         tags = {"dagster_run_id": context.run_id, "holdout_month": month, "threshold": f"{threshold:.6f}",
-                "train_months": ",".join(split.train_months), "features": ",".join(FEATURE_COLUMNS),
+                "train_months": ",".join(split.train_months), **mlflow_registry.definition_tags(params.features),
                 **{f"data_version.{m}": v for m, v in versions.items()}}
         run_id = mlflow.start_run(f"challenger-{month}", tags=tags)
         client = mlflow.client()
@@ -54,6 +54,7 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
             client.log_param(run_id, f"dataset.{key}", dataset[key])
         client.log_param(run_id, "dataset.train_months", ",".join(split.train_months))
         mlflow_registry.log_snapshot_inputs(client, run_id, dataset["snapshots"])
+        mlflow_registry.log_feature_definition(client, run_id, params.features)
         model_uri = mlflow_registry.log_booster(booster, run_id, mlflow.tracking_uri)
         mv = mlflow_registry.register_version(client, reg.model_name, model_uri, run_id, tags)
         client.set_registered_model_alias(reg.model_name, reg.challenger_alias, mv.version)
@@ -74,7 +75,8 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
                               mlflow: MlflowResource):
         """The challenger, the serving champion and a logistic baseline scored on the same holdout month."""
         split = split_by_time(features_by_month, context.partition_key, params.split)
-        result, pngs = _evaluate(split, challenger_model, validated_transactions, mlflow.client(), params)
+        result, pngs = _evaluate(split, features_by_month, challenger_model, validated_transactions, mlflow.client(),
+                                 params)
         _log_evaluation(mlflow.client(), challenger_model["run_id"], result, pngs)
         failures = minimum_bar_failures(result["challenger"], params.promote)
         yield dg.Output(result, metadata=_evaluation_metadata(result, pngs))
@@ -92,19 +94,26 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
         client = mlflow.client()
         decision = decide_promotion(challenger_evaluation["challenger"], challenger_evaluation["champion"],
                                     params.promote)
+        now = mlflow_registry.alias_version(client, reg.model_name, reg.champion_alias)  # re-read just before moving
+        decision = confirm_champion(decision, challenger_evaluation["champion_version"],
+                                    str(now.version) if now is not None else None)
         record = {"holdout_month": context.partition_key, "challenger_version": challenger_model["version"],
                   "champion_version_before": challenger_evaluation["champion_version"],
                   "promoted": decision.promote, "reason": decision.reason,
                   "challenger_metrics": challenger_evaluation["challenger"],
                   "champion_metrics": challenger_evaluation["champion"], "dagster_run_id": context.run_id}
         if decision.promote:
-            mlflow_registry.move_alias(client, reg.model_name, reg.champion_alias, challenger_model["version"],
-                                       decision.reason, actor=f"dagster run {context.run_id}")
+            try:
+                mlflow_registry.move_alias(client, reg.model_name, reg.champion_alias, challenger_model["version"],
+                                           decision.reason, actor=f"dagster run {context.run_id}")
+            except mlflow_registry.NotServable as exc:
+                decision = Decision(False, f"refused: {exc}")
+        record.update(promoted=decision.promote, reason=decision.reason)
         client.set_model_version_tag(reg.model_name, challenger_model["version"], "promotion",
                                      json.dumps({"promoted": decision.promote, "reason": decision.reason}))
         client.log_dict(challenger_model["run_id"], record, "promotion_decision.json")
         record["champion_version_after"] = (challenger_model["version"] if decision.promote
-                                            else challenger_evaluation["champion_version"])
+                                            else str(now.version) if now is not None else None)
         return dg.Output(record, metadata={"promoted": decision.promote, "reason": decision.reason,
                                            "champion_version": str(record["champion_version_after"])})
 
@@ -125,8 +134,8 @@ def _dataset_info(split: Split, features_by_month: dict[str, pd.DataFrame], vers
             "data_versions": versions, "snapshots": snapshots}
 
 
-def _evaluate(split: Split, challenger_model: dict, transactions: pd.DataFrame, client: MlflowClient,
-              params: Params) -> tuple[dict, dict[str, bytes]]:
+def _evaluate(split: Split, features_by_month: dict[str, pd.DataFrame], challenger_model: dict,
+              transactions: pd.DataFrame, client: MlflowClient, params: Params) -> tuple[dict, dict[str, bytes]]:
     """Score challenger, champion, a logistic baseline and the simulator's oracle on the holdout; plot them."""
     name, holdout = params.registry.model_name, split.holdout
     challenger = mlflow_registry.load_version(client, name, challenger_model["version"], params.train.n_threads)
@@ -140,14 +149,16 @@ def _evaluate(split: Split, challenger_model: dict, transactions: pd.DataFrame, 
                     "champion": None, "champion_version": None, "champion_note": "no champion yet"}
     champ = mlflow_registry.alias_version(client, name, params.registry.champion_alias)
     if champ is not None:
-        loaded = mlflow_registry.load_version(client, name, str(champ.version), params.train.n_threads)
-        result["champion_version"] = loaded.version
-        missing = missing_features(loaded.booster, holdout.columns)
-        if missing:
-            result["champion_note"] = f"champion needs features this code no longer builds: {', '.join(missing)}"
+        result["champion_version"] = str(champ.version)
+        try:
+            loaded = mlflow_registry.load_version(client, name, str(champ.version), params.train.n_threads)
+        except ValueError as exc:  # no feature definition, or one this code cannot build: not compared
+            result["champion_note"] = f"champion not compared: {exc}"
         else:
-            scored["champion"] = (predict(loaded.booster, holdout), loaded.threshold)
-            result["champion_note"] = "scored on the same holdout"
+            history = [features_by_month[m] for m in sorted(features_by_month) if m < split.holdout_month]
+            features, note = holdout_as_trained(loaded.features.params, params.features, holdout, history)
+            scored["champion"] = (predict(loaded.booster, features), loaded.threshold)
+            result["champion_note"] = note
     result.update(compare_on_holdout(holdout, scored, params.evaluate))
     rows = holdout[["transaction_id"]].merge(transactions, on="transaction_id", how="left")
     result["oracle_average_precision"] = oracle_average_precision(rows)
