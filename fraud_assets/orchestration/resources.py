@@ -2,6 +2,9 @@
 
 
 import json
+import os
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +75,21 @@ class PredictionLogResource(dg.ConfigurableResource):
         return read_month(self.path, month)
 
 
+def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """``write`` into a temporary file beside ``path``, flush it to disk, then rename it over ``path``: a crash
+    leaves the previous version or the new one, never a truncated file (a rename within a folder is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 BY_PARTITION = "by_partition"  # AssetIn metadata: load a partition range as {partition: value}
 
 
@@ -87,13 +105,11 @@ class FrameIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         partition = context.asset_partition_key if context.has_asset_partitions else None
         if isinstance(obj, pd.DataFrame):
-            path = self._path(context.asset_key, partition, ".parquet")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            obj.to_parquet(path, index=False)
+            write_atomically(self._path(context.asset_key, partition, ".parquet"),
+                             lambda tmp: obj.to_parquet(tmp, index=False))
         elif isinstance(obj, dict):
-            path = self._path(context.asset_key, partition, ".json")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+            text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+            write_atomically(self._path(context.asset_key, partition, ".json"), lambda tmp: tmp.write_text(text))
         else:
             raise TypeError(f"{context.asset_key.to_user_string()}: cannot store {type(obj).__name__}; "
                             "assets return DataFrames or dicts")

@@ -91,3 +91,18 @@ def test_the_dagster_home_queues_serial_runs_one_at_a_time(tmp_path: Path, monke
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: true\n")  # a team's own config is kept
     ensure_dagster_home(home)
     assert "enabled: true" in (home / "dagster.yaml").read_text()
+
+
+def test_asset_files_are_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
+    from fraud_assets.orchestration.resources import write_atomically
+
+    path = write_atomically(tmp_path / "m" / "2025-01.json", lambda tmp: tmp.write_text('{"v": 1}'))
+
+    def crash(tmp: Path) -> None:
+        tmp.write_text('{"v": 2, "trunc')
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(path, crash)
+    assert path.read_text() == '{"v": 1}'  # the previous version, whole
+    assert [p.name for p in path.parent.iterdir()] == ["2025-01.json"]  # no temporary file left behind
