@@ -7,6 +7,7 @@ git-ignored folder: ``$FRAUD_STATE_DIR`` or ``<project>/.state``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 TELEMETRY_OFF = {
@@ -68,6 +69,11 @@ def online_store_location() -> str:
     if env and env.startswith(("postgresql://", "postgres://")):
         return env
     return str(Path(env).resolve() if env else state_dir() / "online_store.sqlite")
+
+
+def redact_url(location: str) -> str:
+    """``location`` with any password of a URL replaced by ``***`` (for metadata, logs and UIs)."""
+    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", location)
 
 
 def dvc_remote_dir() -> Path:

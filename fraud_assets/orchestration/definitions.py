@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,16 +40,22 @@ def build_assets(params: Params, first: str | None = None) -> list[dg.AssetsDefi
             *build_training_assets(params, parts), *build_monitoring_assets(params, parts)]
 
 
+def _from_env(name: str, value: str) -> str | dg.EnvVar:
+    """A URL from the environment as a Dagster ``EnvVar``, so the UI shows its name, never its credentials; the
+    embedded defaults (paths under the state folder) hold no secret and are given as they are."""
+    return dg.EnvVar(name) if "://" in os.environ.get(name, "") else value
+
+
 def default_resources(root: Path, params: Params) -> dict[str, Any]:
     """Resources on the embedded defaults: files, SQLite MLflow, all under the state folder."""
     return {
         "project": ProjectResource(root=str(root), data_subdir=params.data.dir),
-        "mlflow": MlflowResource(tracking_uri=settings.mlflow_tracking_uri(),
+        "mlflow": MlflowResource(tracking_uri=_from_env("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri()),
                                  artifact_root=settings.mlflow_artifact_root(),
                                  experiment_name=params.registry.experiment),
         "io_manager": FrameIOManager(base_dir=str(settings.state_dir() / "assets")),
         "prediction_log": PredictionLogResource(path=str(settings.prediction_log_path())),
-        "store": OnlineStoreResource(path=settings.online_store_location()),
+        "store": OnlineStoreResource(path=_from_env("FRAUD_ONLINE_STORE", settings.online_store_location())),
     }
 
 

@@ -9,6 +9,7 @@ from fraud_assets.core.months import shift_month
 from fraud_assets.orchestration.partitions import months_before, partition_start, require_months
 from fraud_assets.orchestration.resources import BY_PARTITION, OnlineStoreResource
 from fraud_assets.params import Params
+from fraud_assets.settings import redact_url
 from fraud_assets.windows import DAY_S
 
 GROUP = "features"
@@ -48,6 +49,7 @@ def build_feature_assets(params: Params, partitions: dg.PartitionsDefinition) ->
             last = pd.Timestamp(validated_transactions["tx_datetime"].max())
             pruned = target.prune(int(last.timestamp()) - params.online_store.retention_days * DAY_S)
         return dg.MaterializeResult(metadata={"rows_loaded": loaded, "rows_pruned": pruned,
-                                              "store_rows": target.count(), "path": store.path})
+                                              "store_rows": target.count(),
+                                              "store": redact_url(store.path)})
 
     return [transaction_features, online_store]
