@@ -74,9 +74,9 @@ def plain(root: Path, months: list[str]) -> dict:
                                    data=p.data).valid for m in months}
     features = build_features_by_month(valid, p.features)  # as the asset graph computes them
     split = split_by_time(features, months[-1], p.split)
-    booster, threshold = fit_challenger(split.train, split.valid, p.train, p.evaluate)
+    booster, calibrator, threshold, _, _ = fit_challenger(split.train, split.valid, p.train, p.evaluate)
     baseline = train_baseline(split.train, p.train)
-    scored = {"challenger": (predict(booster, split.holdout), threshold),
+    scored = {"challenger": (calibrator.apply(predict(booster, split.holdout)), threshold),
               "baseline": (predict_baseline(baseline, split.holdout),
                            choose_threshold_on(split.valid, predict_baseline(baseline, split.valid), p.evaluate))}
     metrics = compare_on_holdout(split.holdout, scored, p.evaluate)

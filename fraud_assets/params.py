@@ -126,13 +126,30 @@ class TrainParams(_Strict):
     baseline_max_iter: PositiveInt
 
 
+_TUNABLE = ("max_depth", "learning_rate", "subsample", "colsample_bytree", "min_child_weight")
+
+
+class TuneParams(_Strict):
+    enabled: bool
+    budget_seconds: PositiveFloat
+    grid: dict[str, list[float]]
+
+    @field_validator("grid")
+    @classmethod
+    def _tunable(cls, v: dict[str, list[float]]) -> dict[str, list[float]]:
+        unknown = sorted(set(v) - set(_TUNABLE))
+        if unknown or not all(v.values()):
+            raise ValueError(f"tune.grid: keys from {list(_TUNABLE)}, each with at least one value; got {unknown}")
+        return {k: [int(x) for x in vals] if k == "max_depth" else vals for k, vals in v.items()}
+
+
 class EvaluateParams(_Strict):
     threshold_rule: Literal["precision_target", "alert_budget", "cost"]
     precision_target: float = Field(gt=0, le=1)
     alerts_per_day: NonNegativeFloat
     cost_missed_fraud: NonNegativeFloat
     cost_review: NonNegativeFloat
-    card_precision_k: PositiveInt
+    k_per_1000_daily: PositiveFloat
     calibration_bins: int = Field(ge=2)
 
 
@@ -194,6 +211,7 @@ class Params(_Strict):
     online_store: OnlineStoreParams
     split: SplitParams
     train: TrainParams
+    tune: TuneParams
     evaluate: EvaluateParams
     promote: PromoteParams
     registry: RegistryParams

@@ -22,5 +22,5 @@ class _WindowKnobs(Protocol):
 
 def lookback_days(p: _WindowKnobs) -> int:
     """How many days of past transactions the features of a transaction can read (the longest window, the
-    terminal windows shifted by the label delay, the new-terminal window)."""
+    terminal windows and the card's label history shifted by the label delay, the new-terminal window)."""
     return max(max(CUSTOMER_WINDOWS_DAYS), p.new_terminal_days, p.label_delay_days + max(TERMINAL_WINDOWS_DAYS), 1)

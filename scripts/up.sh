@@ -55,6 +55,7 @@ wait_http "MLflow UI" "http://$HOST:5000/health" 90
 wait_http "Dagster UI" "http://$HOST:3000/server_info" 120
 wait_http "fraud model" "http://$HOST:8000/ready" 180
 echo "all up. Ctrl-C stops everything."
+echo "analyst page: http://$HOST:8000/ui/   (sign in with \$FRAUD_ANALYST_KEY if set, else the API key in ${STATE#"$PWD"/}/api_key)"
 echo "score: fraud score   (or curl -H \"x-api-key: \$(cat ${STATE#"$PWD"/}/api_key)\" -H 'content-type: application/json' \\"
 echo "         -d '{\"transaction_id\":\"t1\",\"tx_datetime\":\"2025-06-01T12:00:00Z\",\"customer_id\":\"c1\",\"terminal_id\":\"k1\",\"amount\":42.0}' http://$HOST:8000/predict)"
 wait

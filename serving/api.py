@@ -11,7 +11,7 @@ batch may carry (``serve.max_batch_rows``) is checked by the app (413); here it 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     AfterValidator,
@@ -163,3 +163,132 @@ class Readiness(BaseModel):
 
 
 LABEL_BATCH = TypeAdapter(LabelBatch)
+
+
+class WordedReason(Reason):
+    """A reason with the feature's value in words for a person (``amount 6.2x the card's 30-day mean``)."""
+
+    direction: Literal["raises", "lowers"]
+    text: str
+
+
+class AlertedTransaction(BaseModel):
+    """One alert of the queue: what was scored, by which version, why, and what the investigators decided."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    transaction_id: str
+    tx_datetime: str
+    terminal_id: str
+    amount: float
+    fraud_probability: float = Field(ge=0, le=1)
+    threshold: float = Field(ge=0, le=1)
+    model_version: str
+    status: Literal["open", "fraud", "legitimate"]
+    labelled_at: str | None
+    reasons: list[WordedReason]
+
+
+class StoredTransaction(BaseModel):
+    """One of a card's recent transactions in the online store (``is_fraud`` None: no label yet)."""
+
+    transaction_id: str
+    tx_datetime: str
+    terminal_id: str
+    amount: float
+    is_fraud: int | None
+
+
+class AlertedCard(BaseModel):
+    """A card in the queue: its rank (by its highest score), status, alerts of the day and recent transactions."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    rank: int
+    customer_id: str
+    max_probability: float = Field(ge=0, le=1)
+    status: Literal["open", "fraud", "legitimate"]
+    model_versions: list[str]
+    alerts: list[AlertedTransaction]
+    recent: list[StoredTransaction]
+
+
+class QueueSummary(BaseModel):
+    """How far the review of the day's queue is (all its cards, whatever the filters)."""
+
+    cards: int
+    alerts: int
+    open_cards: int
+    fraud_cards: int
+    legitimate_cards: int
+    reviewed_cards: int
+    reviewed_today: int
+    confirmed_fraud: int
+    precision: float | None
+
+
+class AlertQueue(BaseModel):
+    """``GET /alerts``: the day's cards (filtered), the review summary, and what the filters can choose from."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    day: str | None
+    days: list[str]
+    model_versions: list[str]
+    summary: QueueSummary
+    cards: list[AlertedCard]
+
+
+class WeekPerformance(BaseModel):
+    """Live metrics of one model version over one week (Monday, UTC) of transactions."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    week: str
+    model_version: str
+    scored: int
+    labelled: int
+    frauds: int
+    alerts: int
+    precision: float | None
+    recall: float | None
+    average_precision: float | None
+
+
+class DayAlerts(BaseModel):
+    """Transactions scored and alerts raised on one UTC day."""
+
+    day: str
+    scored: int
+    alerts: int
+
+
+class AliasMove(BaseModel):
+    """One recorded move of the champion alias (a promotion or a rollback) and its reason."""
+
+    time: str
+    version: str
+    previous_version: str
+    actor: str
+    reason: str
+    kind: str
+
+
+class DriftFlag(BaseModel):
+    """The newest drift report of a month."""
+
+    month: str
+    drift_detected: bool
+    time: str
+    score_psi: float | None
+
+
+class Performance(BaseModel):
+    """``GET /performance``: live performance per week and version, alerts per day, champion history, drift."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weeks: list[WeekPerformance]
+    alerts_per_day: list[DayAlerts]
+    champion_history: list[AliasMove]
+    drift: list[DriftFlag]

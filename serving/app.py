@@ -5,14 +5,18 @@ Endpoints: ``POST /predict`` (one transaction, micro-batched with ``@serve.batch
 (up to ``serve.max_batch_rows``), ``POST /labels`` (late fraud labels), ``GET /health`` (liveness),
 ``GET /ready`` (200 with the model version once a model is loaded and warmed up, else 503) and
 ``GET /metrics`` (Prometheus text of *this replica*: with several replicas each answers for itself, so
-scrape Ray's own metrics endpoint or every replica in production). OpenAPI at ``/docs``.
+scrape Ray's own metrics endpoint or every replica in production). OpenAPI at ``/docs``. For fraud analysts:
+``GET /alerts`` (a day's alert queue by card, reasons in words), ``GET /performance`` (live performance per
+week and version, alerts per day, champion history, drift flags) and the page that shows them, ``/ui/``
+(static files in ``serving/ui``, served without a key; everything it shows comes from the keyed endpoints).
 
 Security: every endpoint but ``/health``, ``/ready``, ``/metrics`` and the docs needs the ``x-api-key``
-header equal to ``$FRAUD_API_KEY`` in the replica's environment; it is checked before the body is read
-(see :mod:`serving.guard`). Without a key a replica refuses to start unless insecure local mode is asked
-for explicitly (``$FRAUD_INSECURE_LOCAL=1`` or ``insecure_local: true``), which it logs as a warning and
-reports in ``/ready``. On a local cluster Ray's workers inherit the environment of the process that
-started Ray; on a remote cluster put the key into the cluster's environment (not into serve_config.yaml).
+header equal to ``$FRAUD_API_KEY`` in the replica's environment (or, for ``/alerts``, ``/performance`` and
+``/labels`` only, ``$FRAUD_ANALYST_KEY`` when set); it is checked before the body is read (see
+:mod:`serving.guard`). Without a key a replica refuses to start unless insecure local mode is asked for explicitly
+(``$FRAUD_INSECURE_LOCAL=1`` or ``insecure_local: true``), which it logs as a warning and reports in ``/ready``.
+On a local cluster Ray's workers inherit the environment of the process that started Ray;
+on a remote cluster put the key into the cluster's environment (not into serve_config.yaml).
 
 Each replica follows the alias: every ``serve.reload_interval_s`` it resolves it and, when it moved, loads
 the new version in a thread, scores a warm-up row and only then swaps it in with one reference assignment;
@@ -43,13 +47,15 @@ import asyncio
 import gc
 import logging
 import os
-from datetime import date
-from typing import Any
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from ray import serve
@@ -60,11 +66,14 @@ from fraud_assets.adapters.online_store import OnlineFeatures, TransactionStore,
 from fraud_assets.adapters.prediction_log import LabelSink, PredictionLog
 from fraud_assets.params import FeatureParams, load_params
 from fraud_assets.settings import disable_telemetry, mlflow_tracking_uri, online_store_location, prediction_log_path
+from serving.analyst import alerts_answer, performance_answer
 from serving.api import (
     LABEL_BATCH,
+    AlertQueue,
     ErrorDetail,
     Health,
     LabelsStored,
+    Performance,
     Readiness,
     RequestTypes,
     Score,
@@ -79,6 +88,9 @@ logger = logging.getLogger("ray.serve")
 
 APP_NAME = "fraud-detector"
 API_KEY_ENV = "FRAUD_API_KEY"
+ANALYST_KEY_ENV = "FRAUD_ANALYST_KEY"
+UI_DIR = Path(__file__).resolve().parent / "ui"  # the analyst page, shipped inside the package
+DAY_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 INSECURE_ENV = "FRAUD_INSECURE_LOCAL"
 JSON = "application/json"
 API_KEY_SCHEME = {"ApiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}
@@ -89,6 +101,10 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
     422: {"model": ValidationErrors, "description": "a field is missing, unknown or out of bounds (named in loc)"},
     503: {"model": ErrorDetail, "description": "no model version is serving yet, or the service is overloaded"},
 }
+READ_REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: REFUSALS[401],
+    422: {"model": ValidationErrors, "description": "a query parameter is malformed (named in loc)"},
+    503: {"model": ErrorDetail, "description": "the service is overloaded"}}
 
 
 class ScoringApi(FastAPI):
@@ -120,6 +136,7 @@ class ScoringApi(FastAPI):
 app = ScoringApi(title="fraud-detector", description="Scores card transactions with the champion model. "
                  "Send the API key in the `x-api-key` header; /health, /ready and /metrics are open.")
 app.add_middleware(Guard)
+app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
 
 
 class ServiceUnavailable(Exception):
@@ -170,6 +187,14 @@ def _parse(adapter: Any, body: bytes) -> Any:
         ) from None
 
 
+def _day(text: str | None) -> date | None:
+    try:
+        return None if text is None else date.fromisoformat(text)
+    except ValueError:
+        raise RequestValidationError([{"loc": ["query", "day"], "type": "date_from_datetime_parsing",
+                                       "msg": "day must be a calendar date YYYY-MM-DD"}]) from None
+
+
 def _json(content: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status_code, media_type=JSON)
 
@@ -216,7 +241,9 @@ class FraudScorer:
         if self._insecure:
             logger.warning("INSECURE LOCAL MODE: no API key, every endpoint is open to anyone who can reach it")
         self._metrics = Metrics()
-        Guard.configure(GuardConfig(key.encode() if key else None, max_body_bytes, self._metrics))
+        analyst_key = os.environ.get(ANALYST_KEY_ENV, "")
+        Guard.configure(GuardConfig(key.encode() if key else None, max_body_bytes, self._metrics,
+                                    analyst_key.encode() if analyst_key else None))
         self._score_batch.set_max_batch_size(max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._max_batch_rows = max_batch_rows
@@ -284,6 +311,28 @@ class FraudScorer:
             stored = stored or n
         self._metrics.labels.inc(stored)
         return _json({"stored": stored})
+
+    @app.get("/alerts", response_model=AlertQueue, responses=READ_REFUSALS, openapi_extra=KEYED)
+    async def alerts(
+        self,
+        day: Annotated[str | None, Query(pattern=DAY_PATTERN, description="UTC day of the transactions, "
+                                         "YYYY-MM-DD; default: the latest day with scores")] = None,
+        model_version: Annotated[str | None, Query(min_length=1, max_length=128,
+                                                   description="only alerts scored by this version")] = None,
+        status: Annotated[Literal["open", "fraud", "legitimate"] | None, Query(
+            description="only cards with this status")] = None,
+    ) -> Response:
+        """A day's alerts by card, highest score first, with reasons in words and the cards' recent transactions."""
+        queue = await asyncio.to_thread(alerts_answer, self._log.path, self._store, _day(day), model_version,
+                                        status, datetime.now(UTC).date())
+        return _json(queue)
+
+    @app.get("/performance", response_model=Performance, responses=READ_REFUSALS, openapi_extra=KEYED)
+    async def performance(self, weeks: Annotated[int, Query(ge=1, le=104, description="weeks back from the "
+                                                            "latest day with scores")] = 12) -> Response:
+        """Live performance per week and model version, alerts per day, the champion's history and drift flags."""
+        return _json(await asyncio.to_thread(performance_answer, self._log.path, self._client, self._model_name,
+                                             self._alias, weeks))
 
     @serve.batch
     async def _score_batch(self, items: list[tuple[dict[str, Any], str]]) -> list[dict[str, Any]]:

@@ -5,7 +5,11 @@ In this order, before any route runs: the request id (Ray Serve's HTTP proxy ech
 it), the API key (``x-api-key`` compared with :func:`hmac.compare_digest`; 401 with a fixed
 message, before a byte of the body is read), the body size (413 from ``Content-Length`` and again while the
 body streams in). Every answer carries ``X-Process-Time-Ms`` (time inside the replica) and is counted in
-the replica's Prometheus metrics. ``/health``, ``/ready``, ``/metrics`` and the OpenAPI pages need no key.
+the replica's Prometheus metrics. ``/health``, ``/ready``, ``/metrics``, the OpenAPI pages and the analyst page's
+static files (``/ui/``) need no key. The analyst key (``$FRAUD_ANALYST_KEY``, optional) opens only what the page
+uses (:data:`ANALYST_PATHS`); the API key opens everything. Answers under ``/ui`` carry a strict
+Content-Security-Policy (scripts, styles and data from this origin only, no inline code, no framing) and
+``nosniff``, ``X-Frame-Options: DENY``, ``Referrer-Policy: no-referrer``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,16 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+UI_PREFIX = "/ui"
+ANALYST_PATHS = frozenset({"/alerts", "/performance", "/labels"})
+UI_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                                 b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                                 b"frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
 UNAUTHORIZED = orjson.dumps({"detail": "missing or invalid API key"})
 NOT_CONFIGURED = orjson.dumps({"detail": "service is starting"})
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -53,11 +67,13 @@ class Metrics:
 
 @dataclass(frozen=True)
 class GuardConfig:
-    """What the guard enforces: the API key (None only in insecure local mode) and the body limit."""
+    """What the guard enforces: the API key (None only in insecure local mode), the analyst key (None: none) and
+    the body limit."""
 
     api_key: bytes | None
     max_body_bytes: int
     metrics: Metrics
+    analyst_key: bytes | None = None
 
 
 class Guard:
@@ -84,21 +100,23 @@ class Guard:
         request_id = given.decode("latin-1") if given else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         path = scope["path"]
-        route = path if path in _ROUTES else "other"
+        ui = path == UI_PREFIX or path.startswith(UI_PREFIX + "/")
+        route = path if path in _ROUTES else ("/ui" if ui else "other")
         status = {"code": 500}
 
         async def send_with_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 elapsed = f"{(time.perf_counter() - started) * 1000:.2f}".encode()
-                message["headers"] = [*message.get("headers", []), (b"x-process-time-ms", elapsed)]
+                message["headers"] = [*message.get("headers", []), (b"x-process-time-ms", elapsed),
+                                      *(UI_HEADERS if ui else [])]
             await send(message)
 
         config = self.config
         try:
             if config is None:
                 await _reply(send_with_headers, 503, NOT_CONFIGURED)
-            elif path not in OPEN_PATHS and not _authorized(config.api_key, headers.get(b"x-api-key")):
+            elif not (ui or path in OPEN_PATHS or _authorized(config, path, headers.get(b"x-api-key"))):
                 await _reply(send_with_headers, 401, UNAUTHORIZED)
             elif scope["method"] in ("POST", "PUT", "PATCH"):
                 body = await _read_bounded(headers, receive, config.max_body_bytes)
@@ -118,13 +136,17 @@ class Guard:
                 m.latency.labels(route).observe(time.perf_counter() - started)
 
 
-_ROUTES = frozenset({"/predict", "/predict/batch", "/labels", *OPEN_PATHS})
+_ROUTES = frozenset({"/predict", "/predict/batch", *ANALYST_PATHS, *OPEN_PATHS})
 
 
-def _authorized(expected: bytes | None, given: bytes | None) -> bool:
-    if expected is None:  # insecure local mode, announced at start and in /ready
+def _authorized(config: GuardConfig, path: str, given: bytes | None) -> bool:
+    if config.api_key is None:  # insecure local mode, announced at start and in /ready
         return True
-    return given is not None and hmac.compare_digest(given, expected)
+    if given is None:
+        return False
+    as_api = hmac.compare_digest(given, config.api_key)
+    analyst = config.analyst_key if path in ANALYST_PATHS else None
+    return as_api or (analyst is not None and hmac.compare_digest(given, analyst))
 
 
 async def _read_bounded(headers: dict, receive: Any, limit: int) -> bytes | None:

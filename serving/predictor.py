@@ -11,6 +11,11 @@ describes the transactions with no stored past (as first-ever transactions), whi
 way the features are built with the version's own knobs (``LoadedModel.features``), never today's
 ``params.yaml``: a provider built with other knobs is refused.
 
+Scores are calibrated probabilities: the version's calibrator table (fitted on its validation window, the
+``calibrator`` tag) maps the booster's score with ``np.interp``, as batch scoring does
+(:func:`fraud_assets.core.train.predict_calibrated`), and the threshold is on that scale. A version from before
+calibration still serves its raw scores, flagged by :attr:`Predictor.calibrated` (and a warning at load).
+
 Reasons are per-row feature contributions in log-odds from XGBoost (``pred_contribs=True``) with
 ``approx_contribs=True`` (Saabas attribution): exact TreeSHAP costs about 0.5 ms a row on a 300-tree model,
 which would cap the batch endpoint near 2,000 rows/s; the approximation costs about 10 µs a row.
@@ -85,6 +90,11 @@ class Predictor:
         return self._model.threshold
 
     @property
+    def calibrated(self) -> bool:
+        """Whether the probabilities are calibrated (False: a version without a calibrator, raw scores)."""
+        return self._model.calibrated
+
+    @property
     def booster(self) -> xgb.Booster:
         """The XGBoost booster of this version."""
         return self._model.booster
@@ -140,5 +150,6 @@ class Predictor:
         return probability
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
-        return self._model.booster.inplace_predict(x, iteration_range=self._range)
+        raw = self._model.booster.inplace_predict(x, iteration_range=self._range)
+        return self._model.calibrator.apply(raw) if self._model.calibrator is not None else raw
 

@@ -6,6 +6,7 @@ process-wide state at import time. Aliases, never the deprecated stages.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from fraud_assets.core.calibrate import Calibrator
 from fraud_assets.core.contract import (
     FeatureDefinition,
     feature_definition,
@@ -33,7 +35,10 @@ MODEL_ARTIFACT = "model"
 THRESHOLD_TAG = "threshold"
 FEATURE_DEFINITION_TAG = "feature_definition"  # the FeatureDefinition (knobs, windows, columns) as JSON
 FEATURES_TAG = "features"  # the column list, comma-separated (for people reading the registry)
+MONITORING_EXPERIMENT = "fraud-monitoring"  # the drift_report asset's runs, tagged month and drift_detected
 FEATURE_DEFINITION_ARTIFACT = "feature_definition.json"
+CALIBRATOR_TAG = "calibrator"  # the score -> probability table (core.calibrate) as JSON; absent: uncalibrated
+CALIBRATOR_ARTIFACT = "calibrator.json"
 
 
 class NotServable(Exception):
@@ -50,6 +55,28 @@ class LoadedModel:
     threshold: float
     tags: Mapping[str, str]
     features: FeatureDefinition  # how its features are built: the knobs it was trained with, not today's
+    calibrator: Calibrator | None = None  # None: a version from before calibration, served flagged uncalibrated
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether its scores are calibrated probabilities (it carries a calibrator)."""
+        return self.calibrator is not None
+
+
+def calibrator_tags(calibrator: Calibrator) -> dict[str, str]:
+    """The version tag that carries its calibrator table."""
+    return {CALIBRATOR_TAG: json.dumps(calibrator.to_dict(), separators=(",", ":"))}
+
+
+def _calibrator_of(model_name: str, mv: ModelVersion) -> Calibrator | None:
+    if CALIBRATOR_TAG not in mv.tags:
+        logging.getLogger(__name__).warning("%s v%s has no calibrator: its scores are served uncalibrated",
+                                            model_name, mv.version)
+        return None
+    try:
+        return Calibrator.from_dict(json.loads(mv.tags[CALIBRATOR_TAG]))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{model_name} v{mv.version}: '{CALIBRATOR_TAG}' tag is malformed: {exc}") from None
 
 
 def definition_tags(p: FeatureParams) -> dict[str, str]:
@@ -157,6 +184,7 @@ def load_version(client: MlflowClient, model_name: str, version: str, n_threads:
     definition; ``ValueError`` when either is missing or the definition is one this code cannot build."""
     mv = client.get_model_version(model_name, version)
     threshold, definition = _threshold_of(model_name, mv), _definition_of(model_name, mv)
+    calibrator = _calibrator_of(model_name, mv)
     with tempfile.TemporaryDirectory(prefix="fraud-model-") as tmp:
         # Resolve the storage location through *this* client, then fetch it directly: a ``models:/`` URI
         # would be resolved again through the process-wide registry URI, which a Ray replica does not share.
@@ -171,7 +199,7 @@ def load_version(client: MlflowClient, model_name: str, version: str, n_threads:
         raise ValueError(f"{model_name} v{version}: the model needs columns its feature definition does not list: "
                          f"{', '.join(unlisted)}")
     return LoadedModel(version=str(mv.version), booster=booster, threshold=threshold, tags=dict(mv.tags),
-                       features=definition)
+                       features=definition, calibrator=calibrator)
 
 
 def check_servable(client: MlflowClient, model_name: str, version: str, n_threads: int = 1) -> LoadedModel:
@@ -241,6 +269,23 @@ def alias_history(client: MlflowClient, model_name: str, alias: str) -> list[dic
                               order_by=["attributes.start_time ASC"], max_results=10_000)
     return [{"time": str(r.info.start_time), **{k: r.data.tags.get(k, "") for k in
              ("version", "previous_version", "actor", "reason", "kind")}} for r in runs]
+
+
+def drift_flags(client: MlflowClient, experiment: str = MONITORING_EXPERIMENT, max_runs: int = 120
+                ) -> list[dict[str, Any]]:
+    """The drift reports logged in ``experiment``, oldest month first (the newest report of a month wins): month,
+    ``drift_detected``, the run's start time (epoch ms, text) and its ``score_psi`` metric (None when not logged)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.drift_detected != ''",
+                              order_by=["attributes.start_time DESC"], max_results=max_runs)
+    latest: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        month = r.data.tags.get("month", "")
+        latest.setdefault(month, {"month": month, "drift_detected": r.data.tags.get("drift_detected") == "True",
+                                  "time": str(r.info.start_time), "score_psi": r.data.metrics.get("score_psi")})
+    return sorted(latest.values(), key=lambda f: f["month"])
 
 
 def log_pngs(client: MlflowClient, run_id: str, pngs: dict[str, bytes], artifact_path: str = "plots") -> None:

@@ -5,7 +5,7 @@ file in the state folder in WAL mode (many readers, such as Ray replicas and Dag
 at a time), indexed by (customer, time) and (terminal, time). :class:`PostgresTransactionStore` is the same
 table in PostgreSQL, for replicas on several machines; :func:`open_store` picks one from a location
 (``$FRAUD_ONLINE_STORE``: a path or a ``postgresql://`` URL). Another networked store (Redis, say) implements
-the six methods of the protocol. :class:`OnlineFeatures` turns incoming transactions into the model's
+the seven methods of the protocol. :class:`OnlineFeatures` turns incoming transactions into the model's
 features through :func:`fraud_assets.core.features.feature_values`, the function batch mode ends in.
 
 Labels: a transaction's ``is_fraud`` is what the snapshot said when the store was seeded, or what
@@ -65,6 +65,10 @@ class TransactionStore(Protocol):
         """How many transactions the store holds."""
         ...
 
+    def card_transactions(self, customer: str, until_s: int, limit: int) -> list[dict[str, Any]]:
+        """The card's latest ``limit`` transactions before ``until_s``, newest first (for people, not features)."""
+        ...
+
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _FEW_KEYS = 500  # above this many distinct keys a history read goes in chunks (SQLite's bound-parameter cap)
@@ -94,6 +98,7 @@ class _OneConnectionPerThread:
     """What both stores do alike over their per-thread connection (``_connect``, ``_local``)."""
 
     _local: threading.local
+    _mark: str  # the driver's parameter placeholder
 
     def _connect(self) -> Any:
         raise NotImplementedError
@@ -101,6 +106,18 @@ class _OneConnectionPerThread:
     def count(self) -> int:
         """How many transactions the store holds."""
         return int(self._connect().execute("SELECT COUNT(*) FROM transactions").fetchone()[0])
+
+    def card_transactions(self, customer: str, until_s: int, limit: int) -> list[dict[str, Any]]:
+        """The card's latest ``limit`` transactions before ``until_s`` (epoch seconds), newest first:
+        ``transaction_id, tx_datetime`` (ISO 8601 UTC), ``terminal_id, amount, is_fraud`` (None: no label yet)."""
+        m = self._mark
+        rows = self._connect().execute(
+            "SELECT transaction_id, ts, terminal_id, amount, is_fraud FROM transactions "
+            f"WHERE customer_id = {m} AND ts < {m} ORDER BY ts DESC, transaction_id DESC LIMIT {m}",
+            (str(customer), int(until_s), int(limit))).fetchall()
+        return [{"transaction_id": tid, "tx_datetime": pd.Timestamp(int(ts), unit="s", tz="UTC").isoformat(),
+                 "terminal_id": terminal, "amount": float(amount), "is_fraud": None if label is None else int(label)}
+                for tid, ts, terminal, amount, label in rows]
 
     def close(self) -> None:
         """Close this thread's connection (the next call opens a new one)."""
@@ -112,6 +129,8 @@ class _OneConnectionPerThread:
 
 class SqliteTransactionStore(_OneConnectionPerThread):
     """The embedded store: one SQLite file, WAL mode, safe for several processes."""
+
+    _mark = "?"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -205,6 +224,8 @@ class SqliteTransactionStore(_OneConnectionPerThread):
 
 class PostgresTransactionStore(_OneConnectionPerThread):
     """The networked store: the same table in PostgreSQL, for replicas on several machines (psycopg 3)."""
+
+    _mark = "%s"
 
     def __init__(self, dsn: str, schema: str | None = None) -> None:
         if schema is not None and not _SCHEMA_NAME.fullmatch(schema):

@@ -11,9 +11,13 @@ Schema (``live_performance`` joins ``predictions`` with ``labels`` on ``transact
                 scored_at TEXT  -- ISO 8601 UTC, when the replica scored it
                 model_version TEXT, features TEXT  -- JSON object {feature name: value}
                 fraud_probability REAL, alert INTEGER  -- 0/1
-                threshold REAL)
+                threshold REAL, reasons TEXT  -- JSON list [{feature, contribution}], the answer's reasons)
     labels(transaction_id TEXT, is_fraud INTEGER, received_at TEXT  -- ISO 8601 UTC
            request_id TEXT)
+
+Both tables are indexed by ``transaction_id``; ``predictions`` also by ``tx_datetime`` (the analyst queue reads a
+day). Serving writes ``tx_datetime`` in UTC (``+00:00``), so a day's rows are a range of that column; readers still
+narrow with a day of slack and filter exactly in UTC, for rows written with another offset.
 
 Several replicas (processes) may share one file: SQLite's WAL mode with a busy timeout serialises writers.
 """
@@ -25,7 +29,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,13 +44,19 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
     request_id TEXT NOT NULL, transaction_id TEXT NOT NULL, tx_datetime TEXT NOT NULL, customer_id TEXT NOT NULL,
     terminal_id TEXT NOT NULL, scored_at TEXT NOT NULL, model_version TEXT NOT NULL, features TEXT NOT NULL,
-    fraud_probability REAL NOT NULL, alert INTEGER NOT NULL, threshold REAL NOT NULL);
+    fraud_probability REAL NOT NULL, alert INTEGER NOT NULL, threshold REAL NOT NULL,
+    reasons TEXT NOT NULL DEFAULT '[]');
 CREATE INDEX IF NOT EXISTS predictions_transaction ON predictions (transaction_id);
 CREATE TABLE IF NOT EXISTS labels (
     transaction_id TEXT NOT NULL, is_fraud INTEGER NOT NULL, received_at TEXT NOT NULL, request_id TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS labels_transaction ON labels (transaction_id);
 """
-_INSERT_PREDICTION = "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_TIME_INDEX = "CREATE INDEX IF NOT EXISTS predictions_time ON predictions (tx_datetime)"
+_INSERT_PREDICTION = ("INSERT INTO predictions (request_id, transaction_id, tx_datetime, customer_id, terminal_id, "
+                      "scored_at, model_version, features, fraud_probability, alert, threshold, reasons) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+ALERT_COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "scored_at", "model_version",
+                 "features", "fraud_probability", "threshold", "reasons"]
 _INSERT_LABEL = "INSERT INTO labels VALUES (?, ?, ?, ?)"
 
 
@@ -65,6 +75,11 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
+    if "reasons" not in columns:  # a log written before the answer's reasons were kept
+        conn.execute("ALTER TABLE predictions ADD COLUMN reasons TEXT NOT NULL DEFAULT '[]'")
+    conn.execute(_TIME_INDEX)
+    conn.commit()
     return conn
 
 
@@ -78,26 +93,107 @@ def prediction_rows(request_ids: Sequence[str], transactions: Sequence[Mapping[s
         rows.append((rid, d["transaction_id"], when.isoformat() if hasattr(when, "isoformat") else str(when),
                      str(tx["customer_id"]), str(tx["terminal_id"]), scored_at, d["model_version"],
                      orjson.dumps(dict(zip(feature_names, x, strict=True))).decode(), d["fraud_probability"],
-                     int(d["alert"]), d["threshold"]))
+                     int(d["alert"]), d["threshold"], orjson.dumps(d.get("reasons", [])).decode()))
     return rows
+
+
+_LIVE_COLUMNS = ["transaction_id", "tx_datetime", "model_version", "fraud_probability", "alert"]
+_LABEL_COLUMNS = ["transaction_id", "is_fraud", "received_at"]
+
+
+def _read_only(path: str | Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+
+
+def _slack_bounds(start: datetime, end: datetime) -> tuple[str, str]:
+    """``[start, end)`` widened by a day each side, as ISO date text (timestamps are stored with any offset)."""
+    day = timedelta(days=1)
+    lo = start - day if start > datetime.min.replace(tzinfo=start.tzinfo) + day else start
+    hi = end + day if end < datetime.max.replace(tzinfo=end.tzinfo) - day else end
+    return lo.strftime("%Y-%m-%d"), hi.strftime("%Y-%m-%d")
+
+
+def _in_utc_range(frame: pd.DataFrame, start: datetime, end: datetime) -> pd.DataFrame:
+    if frame.empty:
+        return frame.reset_index(drop=True)
+    when = pd.to_datetime(frame["tx_datetime"], utc=True, format="ISO8601")
+    return frame.loc[(when >= pd.Timestamp(start)) & (when < pd.Timestamp(end))].reset_index(drop=True)
+
+
+def read_labels(path: str | Path) -> pd.DataFrame:
+    """Every label received: ``transaction_id, is_fraud, received_at`` (empty when no log yet)."""
+    if not Path(path).exists():
+        return pd.DataFrame(columns=_LABEL_COLUMNS)
+    with _read_only(path) as conn:
+        return pd.read_sql_query(f"SELECT {', '.join(_LABEL_COLUMNS)} FROM labels", conn)
+
+
+def _read_range(path: str | Path, columns: list[str], start: datetime, end: datetime, where: str = "TRUE"
+                ) -> pd.DataFrame:
+    """``columns`` of the predictions matching ``where`` dated in ``[start, end)`` UTC (empty when no log yet)."""
+    if not Path(path).exists():
+        return pd.DataFrame(columns=columns)
+    lo, hi = _slack_bounds(start, end)
+    with _read_only(path) as conn:
+        rows = pd.read_sql_query(f"SELECT {', '.join(columns)} FROM predictions "
+                                 f"WHERE {where} AND tx_datetime >= ? AND tx_datetime < ?", conn, params=(lo, hi))
+    return _in_utc_range(rows, start, end)
+
+
+def read_between(path: str | Path, start: datetime, end: datetime) -> pd.DataFrame:
+    """Predictions (the columns ``live_performance`` reads) of transactions dated in ``[start, end)`` UTC."""
+    return _read_range(path, _LIVE_COLUMNS, start, end)
 
 
 def read_month(path: str | Path, month: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Predictions of transactions dated in ``month`` and every label received (empty frames when no log yet)."""
-    empty = (pd.DataFrame(columns=["transaction_id", "tx_datetime", "model_version", "fraud_probability", "alert"]),
-             pd.DataFrame(columns=["transaction_id", "is_fraud", "received_at"]))
-    if not Path(path).exists():
-        return empty
     start, end = month_bounds(month)
-    # Timestamps are ISO text with any UTC offset: narrow with a day of slack in SQL, then exactly in UTC.
-    lo, hi = (start - pd.Timedelta(days=1)).strftime("%Y-%m-%d"), (end + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0) as conn:
-        preds = pd.read_sql_query(
-            "SELECT transaction_id, tx_datetime, model_version, fraud_probability, alert FROM predictions "
-            "WHERE tx_datetime >= ? AND tx_datetime < ?", conn, params=(lo, hi))
-        labels = pd.read_sql_query("SELECT transaction_id, is_fraud, received_at FROM labels", conn)
-    when = pd.to_datetime(preds["tx_datetime"], utc=True, format="ISO8601")
-    return preds.loc[(when >= start) & (when < end)].reset_index(drop=True), labels
+    return read_between(path, start.to_pydatetime(), end.to_pydatetime()), read_labels(path)
+
+
+def read_alerts(path: str | Path, day: date) -> pd.DataFrame:
+    """The alerts of transactions dated on ``day`` (UTC), every :data:`ALERT_COLUMNS`; the latest score of a
+    transaction scored more than once."""
+    start = datetime.combine(day, time.min, tzinfo=UTC)
+    end = start + timedelta(days=1) if day < date.max else datetime.max.replace(tzinfo=UTC)
+    alerts = _read_range(path, ALERT_COLUMNS, start, end, "alert = 1")
+    return alerts.sort_values("scored_at", kind="stable").drop_duplicates("transaction_id", keep="last").reset_index(
+        drop=True)
+
+
+def scored_days(path: str | Path, limit: int = 31) -> list[date]:
+    """The latest ``limit`` UTC days with scored transactions, newest first (one index seek per day)."""
+    if not Path(path).exists():
+        return []
+    days: list[date] = []
+    with _read_only(path) as conn:
+        below = "9999-12-31T23:59:59"
+        while len(days) < limit:
+            (latest,) = conn.execute("SELECT MAX(tx_datetime) FROM predictions WHERE tx_datetime < ?",
+                                     (below,)).fetchone()
+            if latest is None:
+                break
+            day = datetime.fromisoformat(latest).astimezone(UTC).date()
+            if not days or day < days[-1]:
+                days.append(day)
+            below = min(latest[:10], day.isoformat())  # the next seek starts below this day
+    return days
+
+
+def label_status(path: str | Path, transaction_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """The latest label of each of ``transaction_ids`` that has one: ``{id: (is_fraud, received_at)}``."""
+    ids = list(dict.fromkeys(map(str, transaction_ids)))
+    if not ids or not Path(path).exists():
+        return {}
+    found: dict[str, tuple[int, str]] = {}
+    with _read_only(path) as conn:
+        for i in range(0, len(ids), 500):  # SQLite caps bound parameters
+            chunk = ids[i:i + 500]
+            for tid, is_fraud, received_at in conn.execute(
+                    "SELECT transaction_id, is_fraud, received_at FROM labels WHERE transaction_id IN "
+                    f"({','.join('?' * len(chunk))}) ORDER BY received_at, rowid", chunk):
+                found[tid] = (int(is_fraud), received_at)  # ordered by arrival: the last one wins
+    return found
 
 
 class PredictionLog:

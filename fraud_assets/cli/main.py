@@ -130,10 +130,12 @@ def pipeline(
     month: Annotated[list[str] | None, typer.Option(help="Months to ingest (default: every snapshot)")] = None,
     train: Annotated[bool, typer.Option(help="Train and decide for the latest month")] = True,
     until: Annotated[str | None, typer.Option(help="Ingest every snapshot up to this month, train for it")] = None,
+    tune: Annotated[bool, typer.Option(help="Grid-search the booster's params on the validation window first "
+                                            "(params.yaml tune: grid and time budget)")] = False,
 ) -> None:
     """Materialize the asset graph as Dagster runs: ingest each month, then train for the latest."""
     root, p = _project()
-    _pipeline(root, p, month, train, until)
+    _pipeline(root, p.updated({"tune.enabled": True}) if tune else p, month, train, until)
 
 
 def _pipeline(root: Path, p: Params, month: list[str] | None = None, train: bool = True,

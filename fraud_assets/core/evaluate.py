@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
+from fraud_assets.core.calibrate import brier_score, expected_calibration_error
 from fraud_assets.params import EvaluateParams
 
 
@@ -60,8 +61,17 @@ def choose_threshold_on(valid: pd.DataFrame, scores: np.ndarray, p: EvaluatePara
     return choose_threshold(valid["is_fraud"].to_numpy(), scores, p, days=days)
 
 
-def card_precision_at_k(frame: pd.DataFrame, scores: np.ndarray, k: int) -> float:
-    """Mean over days of: among the ``k`` cards scored highest that day, the share with a fraud that day."""
+def daily_k(frame: pd.DataFrame, k_per_1000_daily: float) -> pd.Series:
+    """Cards an investigation team reviews each day: ``k_per_1000_daily`` per 1,000 of the day's transactions (at
+    least one), so k follows the volume (8 on a simulated day of 800, 100 on an import of 10,000 a day)."""
+    days = pd.to_datetime(frame["tx_datetime"], utc=True).dt.floor("D")
+    volume = days.value_counts().sort_index()
+    return np.maximum(1, np.round(volume * k_per_1000_daily / 1000)).astype(int)
+
+
+def card_precision_at_k(frame: pd.DataFrame, scores: np.ndarray, k: int | pd.Series) -> float:
+    """Mean over days of: among the ``k`` cards scored highest that day (``k`` one number or one per day, as
+    :func:`daily_k` gives), the share with a fraud that day."""
     daily = pd.DataFrame(
         {
             "day": pd.to_datetime(frame["tx_datetime"], utc=True).dt.floor("D"),
@@ -70,8 +80,11 @@ def card_precision_at_k(frame: pd.DataFrame, scores: np.ndarray, k: int) -> floa
             "fraud": frame["is_fraud"].to_numpy(),
         }
     ).groupby(["day", "card"], sort=False).agg(score=("score", "max"), fraud=("fraud", "max"))
-    top = daily.sort_values("score", ascending=False).groupby(level="day").head(k)
-    per_day = top.groupby(level="day")["fraud"].mean()
+    ranked = daily.sort_values("score", ascending=False)
+    rank = ranked.groupby(level="day").cumcount().to_numpy()
+    days = ranked.index.get_level_values("day")
+    limit = np.full(len(ranked), k) if isinstance(k, int) else k.reindex(days).to_numpy()
+    per_day = ranked[rank < limit].groupby(level="day")["fraud"].mean()
     return float(per_day.mean()) if len(per_day) else 0.0
 
 
@@ -88,6 +101,7 @@ def evaluate_scores(frame: pd.DataFrame, scores: np.ndarray, threshold: float, p
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     prec_curve, rec_curve, _ = precision_recall_curve(y, scores)
     reach = rec_curve[prec_curve >= p.precision_target]
+    k = daily_k(frame, p.k_per_1000_daily)
     return {
         "average_precision": float(average_precision_score(y, scores)),
         "roc_auc": float(roc_auc_score(y, scores)),
@@ -95,7 +109,11 @@ def evaluate_scores(frame: pd.DataFrame, scores: np.ndarray, threshold: float, p
         "recall": float(recall),
         "f1": float(f1),
         "recall_at_precision_target": float(reach.max()) if len(reach) else 0.0,
-        "card_precision_at_k": card_precision_at_k(frame, scores, p.card_precision_k),
+        "card_precision_at_k": card_precision_at_k(frame, scores, k),
+        "card_precision_k": float(k.mean()),
+        "ece": expected_calibration_error(y, scores, p.calibration_bins),
+        "brier": brier_score(y, scores),
+        **money_metrics(frame, alert, p),
         "threshold": float(threshold),
         "alerts": int(alert.sum()),
         "rows": len(y),
@@ -103,7 +121,26 @@ def evaluate_scores(frame: pd.DataFrame, scores: np.ndarray, threshold: float, p
     }
 
 
+def money_metrics(frame: pd.DataFrame, alert: np.ndarray, p: EvaluateParams) -> dict[str, float]:
+    """What the alerts are worth over ``frame`` (the holdout month): the fraud amount they stop, its share of all
+    fraud amount, and net savings = fraud amount stopped - ``cost_review`` x alerts."""
+    fraud = frame["is_fraud"].to_numpy() == 1
+    amount = frame["amount"].to_numpy(np.float64)
+    stopped = float(amount[fraud & alert].sum())
+    total = float(amount[fraud].sum())
+    return {"fraud_amount": total, "fraud_amount_stopped": stopped,
+            "amount_recall": stopped / total if total > 0 else 0.0,
+            "net_savings": stopped - p.cost_review * float(alert.sum())}
+
+
+def recall_by_scenario(scenario: np.ndarray, alert: np.ndarray) -> dict[str, float]:
+    """Recall at the threshold per fraud scenario (simulated data names it; ``legit`` rows are skipped)."""
+    names = sorted({str(s) for s in scenario} - {"legit"})
+    return {f"recall_{name}": float(alert[scenario == name].mean()) for name in names}
+
+
 ORACLE = "fraud_probability"
+SCENARIO = "fraud_scenario"
 
 
 def oracle_average_precision(transactions: pd.DataFrame) -> float | None:

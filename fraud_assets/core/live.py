@@ -52,3 +52,27 @@ def live_performance(labelled: pd.DataFrame) -> dict[str, Any]:
     versions = {str(v): _metrics(part) for v, part in labelled.groupby("model_version", sort=True)}
     return {"overall": _metrics(labelled), "by_model_version": versions,
             "label_sources": labelled["label_source"].value_counts().to_dict()}
+
+
+def _utc(labelled: pd.DataFrame) -> pd.Series:
+    return pd.to_datetime(labelled["tx_datetime"], utc=True, format="ISO8601")
+
+
+def weekly_performance(labelled: pd.DataFrame) -> list[dict[str, Any]]:
+    """:func:`live_performance`'s metrics per ISO week (starting Monday, UTC) and model version, oldest first;
+    each row names its ``week`` (the Monday, ``YYYY-MM-DD``) and ``model_version``."""
+    if labelled.empty:
+        return []
+    when = _utc(labelled)
+    monday = (when.dt.normalize() - pd.to_timedelta(when.dt.weekday, unit="D")).dt.strftime("%Y-%m-%d")
+    grouped = labelled.assign(_week=monday.to_numpy()).groupby(["_week", "model_version"], sort=True)
+    return [{"week": week, "model_version": str(version), **_metrics(part)} for (week, version), part in grouped]
+
+
+def daily_alerts(predictions: pd.DataFrame) -> list[dict[str, Any]]:
+    """Transactions scored and alerts raised per UTC day of the transaction, oldest first."""
+    if predictions.empty:
+        return []
+    day = _utc(predictions).dt.strftime("%Y-%m-%d")
+    counts = predictions.assign(_day=day.to_numpy()).groupby("_day", sort=True)["alert"].agg(["size", "sum"])
+    return [{"day": d, "scored": int(n), "alerts": int(a)} for d, n, a in counts.itertuples()]

@@ -86,7 +86,7 @@ def calibration_png(y: np.ndarray, scores: np.ndarray, bins: int) -> bytes:
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
     ax.plot([r["mean_score"] for r in table], [r["fraud_rate"] for r in table], marker="o", label="model")
     ax.set(xlabel="mean predicted probability", ylabel="observed fraud rate", xlim=(0, 1), ylim=(0, 1),
-           title="Calibration (class-weighted training inflates scores)")
+           title="Reliability on the holdout month")
     ax.legend(fontsize=7)
     return _png(fig)
 

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import xgboost as xgb
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from fraud_assets.core.calibrate import Calibrator, fit_calibrator
 from fraud_assets.core.evaluate import choose_threshold_on
 from fraud_assets.core.features import FEATURE_COLUMNS, LABEL, feature_matrix
-from fraud_assets.params import EvaluateParams, TrainParams
+from fraud_assets.params import EvaluateParams, TrainParams, TuneParams
 
 
 def class_weight(labels: pd.Series, p: TrainParams) -> float:
@@ -62,6 +67,12 @@ def predict(booster: xgb.Booster, features: pd.DataFrame) -> np.ndarray:
     return booster.inplace_predict(feature_matrix(features, cols), iteration_range=_best_range(booster))
 
 
+def predict_calibrated(booster: xgb.Booster, calibrator: Calibrator | None, features: pd.DataFrame) -> np.ndarray:
+    """Calibrated fraud probabilities (the raw booster scores for a version without a calibrator)."""
+    raw = predict(booster, features)
+    return calibrator.apply(raw) if calibrator is not None else raw.astype(np.float64)
+
+
 def _best_range(booster: xgb.Booster) -> tuple[int, int]:
     best = booster.attr("best_iteration")
     return (0, int(best) + 1) if best is not None else (0, 0)
@@ -91,11 +102,48 @@ def missing_features(booster: xgb.Booster, columns: Sequence[str] = FEATURE_COLU
     return [c for c in booster.feature_names or [] if c not in available]
 
 
+class Challenger(NamedTuple):
+    """A trained booster, its calibrator and alert threshold (on calibrated scores), all from validation; the
+    train params it used and the tuning trials that chose them (empty when tuning is off)."""
+
+    booster: xgb.Booster
+    calibrator: Calibrator
+    threshold: float
+    params: TrainParams
+    trials: list[dict[str, Any]]
+
+
 def fit_challenger(train: pd.DataFrame, valid: pd.DataFrame, p: TrainParams, e: EvaluateParams,
-                   columns: Sequence[str] = FEATURE_COLUMNS) -> tuple[xgb.Booster, float]:
-    """Train a booster and choose its alert threshold on the validation window (never the holdout)."""
+                   columns: Sequence[str] = FEATURE_COLUMNS, tune: TuneParams | None = None) -> Challenger:
+    """Train a booster (its params tuned first when ``tune.enabled``), fit its calibrator on the validation window
+    and choose its alert threshold there on the calibrated scores (never the holdout)."""
+    trials: list[dict[str, Any]] = []
+    if tune is not None and tune.enabled:
+        p, trials = tune_train_params(train, valid, p, tune, columns)
     booster = train_model(train, valid, p, columns)
-    return booster, choose_threshold_on(valid, predict(booster, valid), e)
+    calibrator = fit_calibrator(valid[LABEL].to_numpy(), predict(booster, valid))
+    threshold = choose_threshold_on(valid, predict_calibrated(booster, calibrator, valid), e)
+    return Challenger(booster, calibrator, threshold, p, trials)
+
+
+def tune_train_params(train: pd.DataFrame, valid: pd.DataFrame, p: TrainParams, t: TuneParams,
+                      columns: Sequence[str] = FEATURE_COLUMNS) -> tuple[TrainParams, list[dict[str, Any]]]:
+    """A bounded grid search: ``p`` first, then each combination of ``t.grid`` until ``t.budget_seconds`` run out;
+    the params with the best validation AUPRC win (ties keep the earlier). Returns them and every trial."""
+    keys = sorted(t.grid)
+    candidates = [p, *(p.model_copy(update=dict(zip(keys, values, strict=True)))
+                       for values in itertools.product(*(t.grid[k] for k in keys)))]
+    start, trials = time.monotonic(), []
+    best, best_ap = p, -1.0
+    for candidate in candidates:
+        if trials and time.monotonic() - start > t.budget_seconds:
+            break
+        booster = train_model(train, valid, candidate, columns)
+        ap = float(average_precision_score(valid[LABEL], predict(booster, valid)))
+        trials.append({**{k: getattr(candidate, k) for k in keys}, "valid_average_precision": ap})
+        if ap > best_ap:
+            best, best_ap = candidate, ap
+    return best, trials
 
 
 def train_baseline(train: pd.DataFrame, p: TrainParams, columns: Sequence[str] = FEATURE_COLUMNS) -> Pipeline:

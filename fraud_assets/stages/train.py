@@ -1,4 +1,5 @@
-"""Stage ``train``: an XGBoost model on the months before the latest one, its threshold from validation."""
+"""Stage ``train``: an XGBoost model on the months before the latest one, its calibrator and threshold from
+validation."""
 
 from __future__ import annotations
 
@@ -23,10 +24,14 @@ def train(features_dir: Path, p: Params, root: Path) -> dict[str, Any]:
     holdout = months[-1]
     wanted = [m for m in training_months(holdout, p.split) if m in months] + [holdout]
     split = split_by_time(read_months(features_dir, wanted), holdout, p.split)
-    booster, threshold = fit_challenger(split.train, split.valid, p.train, p.evaluate)
+    fitted = fit_challenger(split.train, split.valid, p.train, p.evaluate, tune=p.tune)
+    booster = fitted.booster
     save_model(booster, root / MODEL_FILE)
     return {
-        "threshold": threshold,
+        "threshold": fitted.threshold,
+        "calibrator": fitted.calibrator.to_dict(),  # scores -> probabilities, fitted on the validation window
+        "train_params": fitted.params.model_dump(mode="json"),  # the tuned ones when tune.enabled
+        "tuning_trials": fitted.trials,
         "holdout_month": holdout,
         "train_months": split.train_months,
         "data_versions": {m: dvc_repo.snapshot_version(root, p.data.dir, m) for m in [*split.train_months, holdout]},

@@ -169,6 +169,10 @@ def test_the_online_store_on_postgres_gives_batch_mode_features(postgres: str) -
         .to_dict("records"))  # a thousand keys in one read: arrays, no parameter cap
     expected = batch.loc[month.iloc[120:1120]["transaction_id"], FEATURE_COLUMNS].to_numpy(np.float64)
     assert np.abs(many - expected).max() <= 1e-9
+    card = head.iloc[-1]  # the analyst page's recent transactions of a card: newest first, the same as SQLite's
+    recent = store.card_transactions(card["customer_id"], int(card["tx_datetime"].timestamp()) + 1, 3)
+    assert recent[0]["transaction_id"] == card["transaction_id"] and recent[0]["is_fraud"] == card["is_fraud"]
+    assert [r["tx_datetime"] for r in recent] == sorted((r["tx_datetime"] for r in recent), reverse=True)
     cutoff = int(pd.Timestamp("2025-01-15", tz="UTC").timestamp())
     older = int((history["tx_datetime"] < pd.Timestamp("2025-01-15", tz="UTC")).sum())
     assert store.prune(cutoff) == older and store.count() == len(history) + len(head) - older

@@ -35,7 +35,7 @@ def trained() -> dict:
     raw = simulate_months(params.data, params.data.start_month, params.data.months)
     feats = build_features_by_month(raw, params.features)
     split = split_by_time(feats, months[-1], params.split)
-    booster, threshold = fit_challenger(split.train, split.valid, params.train, params.evaluate)
+    booster, _, threshold, _, _ = fit_challenger(split.train, split.valid, params.train, params.evaluate)
     return {"params": params, "booster": booster, "threshold": threshold, "raw": raw, "months": months,
             "holdout": split.holdout, "holdout_raw": raw[months[-1]]}
 

@@ -37,7 +37,8 @@ def test_openapi_lists_every_endpoint_and_every_ref_resolves(monkeypatch: pytest
     monkeypatch.setattr(ScoringApi, "requests", request_types(data.max_amount, data.min_tx_date, 77))  # as a replica
     monkeypatch.setattr(app, "openapi_schema", None)
     doc = app.openapi()
-    assert set(doc["paths"]) == {"/predict", "/predict/batch", "/labels", "/health", "/ready", "/metrics"}
+    assert set(doc["paths"]) == {"/predict", "/predict/batch", "/labels", "/health", "/ready", "/metrics", "/alerts",
+                                 "/performance"}  # the analyst page's static files (/ui/) are not operations
     refs = set(re.findall(r'"\$ref": "([^"]+)"', json.dumps(doc)))
     assert refs and all(r.startswith("#/components/schemas/") for r in refs)
     assert {r.rsplit("/", 1)[-1] for r in refs} <= set(doc["components"]["schemas"])
@@ -56,6 +57,9 @@ def test_openapi_lists_every_endpoint_and_every_ref_resolves(monkeypatch: pytest
     errors = doc["components"]["schemas"]["ValidationErrors"]["properties"]["detail"]
     assert errors["items"] == {"$ref": "#/components/schemas/FieldError"}
     assert "security" not in doc["paths"]["/health"]["get"]
+    for path in ("/alerts", "/performance"):
+        operation = doc["paths"][path]["get"]
+        assert operation["security"] == [{"ApiKey": []}] and {"200", "401", "422"} <= set(operation["responses"])
 
 
 def test_stopping_forgets_direct_ingress_mode(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,3 +144,37 @@ def test_insecure_local_mode_lets_requests_through_without_a_key() -> None:
         assert TestClient(app).post("/predict", content=b"{}").status_code == 200
     finally:
         Guard.config = previous
+
+
+def test_the_analyst_key_opens_the_analyst_endpoints_only_and_ui_answers_are_locked_down() -> None:
+    app = FastAPI()
+    app.add_middleware(Guard)
+    for path in ("/alerts", "/predict", "/ui/index.html"):
+        app.add_api_route(path, lambda: {"ok": True}, methods=["GET"])
+    previous = Guard.config
+    Guard.configure(GuardConfig(KEY.encode(), 1000, Metrics(), b"analyst-key"))
+    try:
+        with TestClient(app) as http:
+            assert http.get("/alerts", headers={"x-api-key": "analyst-key"}).status_code == 200
+            assert http.get("/alerts", headers={"x-api-key": KEY}).status_code == 200
+            assert http.get("/alerts").status_code == 401
+            assert http.get("/predict", headers={"x-api-key": "analyst-key"}).status_code == 401
+            page = http.get("/ui/index.html")  # the page's files are open; what it shows is keyed
+            assert page.status_code == 200
+            csp = page.headers["content-security-policy"]
+            assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe" not in csp
+            assert (page.headers["x-content-type-options"], page.headers["x-frame-options"],
+                    page.headers["referrer-policy"]) == ("nosniff", "DENY", "no-referrer")
+            assert "content-security-policy" not in http.get("/alerts", headers={"x-api-key": KEY}).headers
+    finally:
+        Guard.config = previous
+
+
+def test_the_page_has_no_inline_code_and_renders_data_as_text() -> None:
+    ui = Path(__file__).resolve().parents[2] / "serving" / "ui"
+    html, js = (ui / "index.html").read_text(), (ui / "app.js").read_text()
+    assert "<script src=\"app.js\"" in html and "<script>" not in html and "style=" not in html
+    assert re.search(r"\son[a-z]+\s*=", html) is None  # no inline event handler
+    for risky in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "localStorage"):
+        assert risky not in js, risky
+    assert "sessionStorage" in js and re.findall(r"https?://[^\s\"]+", js) == ["http://www.w3.org/2000/svg"]

@@ -165,3 +165,18 @@ def test_served_scores_follow_the_champions_feature_params_after_params_yaml_cha
     assert np.all(np.abs(np.asarray(served) - today) > 0.1)  # the label delay decides these scores
     with pytest.raises(ValueError, match="feature provider builds with"):  # today's knobs are refused outright
         Predictor(loaded, OnlineFeatures(store, now, remember=False))
+
+
+def test_a_calibrated_version_answers_calibrated_probabilities() -> None:
+    from fraud_assets.core.calibrate import Calibrator
+
+    calibrator = Calibrator((0.0, 0.5, 1.0), (0.0, 0.1, 0.9))
+    loaded = _loaded("8", _booster(), 0.05)
+    calibrated = Predictor(LoadedModel(loaded.version, loaded.booster, 0.05, loaded.tags, loaded.features,
+                                       calibrator=calibrator))
+    raw = Predictor(loaded)
+    txs = [_tx(i, a) for i, a in enumerate([1.0, 160.0, 299.0])]
+    expected = calibrator.apply(np.asarray(raw.probabilities(txs)))
+    np.testing.assert_allclose(calibrated.probabilities(txs), expected, atol=1e-7)
+    assert calibrated.calibrated and not raw.calibrated  # a version without a calibrator serves, flagged
+    assert all(d["alert"] == (d["fraud_probability"] >= 0.05) for d in calibrated.score(txs))

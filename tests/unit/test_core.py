@@ -134,9 +134,11 @@ def trained() -> dict:
     frames = simulate_months(P.data, "2025-01", 3)
     feats = build_features_by_month(frames, P.features)
     split = split_by_time(feats, "2025-03", P.split)
-    booster, threshold = fit_challenger(split.train, split.valid, P.train, P.evaluate)
+    fitted = fit_challenger(split.train, split.valid, P.train, P.evaluate)
+    booster, threshold = fitted.booster, fitted.threshold
     scenario = split.holdout["transaction_id"].map(frames["2025-03"].set_index("transaction_id")["fraud_scenario"])
-    return {"split": split, "booster": booster, "threshold": threshold, "scenario": scenario}
+    return {"split": split, "booster": booster, "threshold": threshold, "scenario": scenario,
+            "calibrator": fitted.calibrator}
 
 
 def test_split_is_time_ordered(trained: dict) -> None:
@@ -151,7 +153,7 @@ def test_split_is_time_ordered(trained: dict) -> None:
 def test_model_learns_and_round_trips(trained: dict, tmp_path: Path) -> None:
     s, booster = trained["split"], trained["booster"]
     scores = predict(booster, s.holdout)
-    metrics = evaluate_scores(s.holdout, scores, trained["threshold"], P.evaluate)
+    metrics = evaluate_scores(s.holdout, trained["calibrator"].apply(scores), trained["threshold"], P.evaluate)
     base_rate = s.holdout["is_fraud"].mean()
     assert metrics["average_precision"] > 5 * base_rate
     assert metrics["roc_auc"] > 0.75

@@ -20,7 +20,7 @@ from fraud_assets.orchestration.resources import BY_PARTITION, MlflowResource, P
 from fraud_assets.params import Params
 
 GROUP = "monitoring"
-EXPERIMENT = "fraud-monitoring"
+EXPERIMENT = mlflow_registry.MONITORING_EXPERIMENT
 
 
 def build_monitoring_assets(params: Params, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:

@@ -11,11 +11,17 @@ from mlflow import MlflowClient
 
 from fraud_assets.adapters import mlflow_registry
 from fraud_assets.core.contract import holdout_as_trained
-from fraud_assets.core.evaluate import choose_threshold_on, compare_on_holdout, oracle_average_precision
+from fraud_assets.core.evaluate import (
+    SCENARIO,
+    choose_threshold_on,
+    compare_on_holdout,
+    oracle_average_precision,
+    recall_by_scenario,
+)
 from fraud_assets.core.plots import evaluation_plots
 from fraud_assets.core.promote import Decision, confirm_champion, decide_promotion, minimum_bar_failures
 from fraud_assets.core.split import Split, split_by_time
-from fraud_assets.core.train import fit_challenger, predict, predict_baseline, train_baseline
+from fraud_assets.core.train import fit_challenger, predict_baseline, predict_calibrated, train_baseline
 from fraud_assets.orchestration.partitions import months_before
 from fraud_assets.orchestration.resources import BY_PARTITION, MlflowResource, ProjectResource
 from fraud_assets.params import Params
@@ -39,15 +45,20 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
         """An XGBoost challenger trained on the months before the holdout month, registered in MLflow."""
         month = context.partition_key
         split = split_by_time(features_by_month, month, params.split)
-        booster, threshold = fit_challenger(split.train, split.valid, params.train, params.evaluate)
+        fitted = fit_challenger(split.train, split.valid, params.train, params.evaluate, tune=params.tune)
+        booster, threshold = fitted.booster, fitted.threshold
         versions = {m: project.snapshot_version(m) for m in [*split.train_months, month]}
         tags = {"dagster_run_id": context.run_id, "holdout_month": month, "threshold": f"{threshold:.6f}",
                 "train_months": ",".join(split.train_months), **mlflow_registry.definition_tags(params.features),
+                **mlflow_registry.calibrator_tags(fitted.calibrator),
                 **{f"data_version.{m}": v for m, v in versions.items()}}
         run_id = mlflow.start_run(f"challenger-{month}", tags=tags)
         client = mlflow.client()
-        for key, value in {**params.train.model_dump(), **params.split.model_dump()}.items():
-            client.log_param(run_id, key, value)
+        for key, value in {**fitted.params.model_dump(), **params.split.model_dump()}.items():
+            client.log_param(run_id, key, value)  # the train params used (the tuned ones when tuning is on)
+        client.log_dict(run_id, fitted.calibrator.to_dict(), mlflow_registry.CALIBRATOR_ARTIFACT)
+        if fitted.trials:
+            client.log_dict(run_id, {"trials": fitted.trials}, "tuning.json")
         dataset = _dataset_info(split, features_by_month, versions, params)
         client.log_dict(run_id, dataset, "dataset.json")
         for key in ("rows_train", "rows_valid", "rows_holdout", "fraud_rate_train", "fraud_rate_holdout"):
@@ -141,7 +152,7 @@ def _evaluate(split: Split, features_by_month: dict[str, pd.DataFrame], challeng
     challenger = mlflow_registry.load_version(client, name, challenger_model["version"], params.train.n_threads)
     baseline = train_baseline(split.train, params.train)
     scored = {
-        "challenger": (predict(challenger.booster, holdout), challenger.threshold),
+        "challenger": (predict_calibrated(challenger.booster, challenger.calibrator, holdout), challenger.threshold),
         "baseline": (predict_baseline(baseline, holdout),
                      choose_threshold_on(split.valid, predict_baseline(baseline, split.valid), params.evaluate)),
     }
@@ -157,11 +168,14 @@ def _evaluate(split: Split, features_by_month: dict[str, pd.DataFrame], challeng
         else:
             history = [features_by_month[m] for m in sorted(features_by_month) if m < split.holdout_month]
             features, note = holdout_as_trained(loaded.features.params, params.features, holdout, history)
-            scored["champion"] = (predict(loaded.booster, features), loaded.threshold)
+            scored["champion"] = (predict_calibrated(loaded.booster, loaded.calibrator, features), loaded.threshold)
             result["champion_note"] = note
     result.update(compare_on_holdout(holdout, scored, params.evaluate))
     rows = holdout[["transaction_id"]].merge(transactions, on="transaction_id", how="left")
     result["oracle_average_precision"] = oracle_average_precision(rows)
+    if SCENARIO in rows.columns:  # simulated data: recall at the threshold per fraud pattern
+        result["challenger"].update(recall_by_scenario(rows[SCENARIO].to_numpy(),
+                                                       scored["challenger"][0] >= challenger.threshold))
     scores = {k: v[0] for k, v in scored.items()}
     if result["oracle_average_precision"] is not None:
         scores["simulator oracle"] = rows["fraud_probability"].to_numpy()
