@@ -160,6 +160,7 @@ class Readiness(BaseModel):
     alias: str
     error: str | None = None
     insecure_local: bool = False
+    calibrated: bool | None = None  # False: a version without a calibrator serves its raw scores
 
 
 LABEL_BATCH = TypeAdapter(LabelBatch)

@@ -39,6 +39,7 @@ from fraud_assets.windows import CUSTOMER_WINDOWS_DAYS, DAY_S, TERMINAL_WINDOWS_
 KEY_COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id"]
 LABEL = "is_fraud"
 NEVER_FEATURES = frozenset({LABEL, "fraud_scenario", "fraud_probability"})
+Z_FLOOR_SHARE = 0.01  # the amount z-score's deviation is at least this share of the card's mean
 NO_HISTORY = -1.0  # seconds-since-previous and amount ratio when the customer has no earlier transaction
 _SHIFT = np.int64(1) << np.int64(33)  # key * 2**33 + seconds: sortable, seconds < 2**33 (year 2242)
 
@@ -269,7 +270,10 @@ def _customer_features(reference: Rows, queries: Rows, r_cust: np.ndarray, q_cus
     feats["customer_count_burst"] = (hi - lo).astype(np.float64)
 
     # Amount against the card's habit: z-score against its 30-day mean and deviation, ratio to its 30-day max.
-    feats["amount_zscore_30d"] = np.divide(amount - mean_long, std_long, out=np.zeros(nq), where=std_long > 0)
+    # The deviation is floored at 1% of the card's mean: a card whose amounts barely vary (a subscription) would
+    # otherwise divide by a near-zero std, whose last digits differ between the two modes (z = 489 +- 1e-9).
+    spread = np.maximum(std_long, Z_FLOOR_SHARE * np.abs(mean_long))
+    feats["amount_zscore_30d"] = np.divide(amount - mean_long, spread, out=np.zeros(nq), where=spread > 0)
     lo, hi = cust.bounds(q_cust, q_ts - max(CUSTOMER_WINDOWS_DAYS) * DAY_S, q_ts)
     long_max = _Segments.of(lo, hi).reduce(np.maximum, cust.rows["amount"], 0.0)
     feats["amount_to_customer_max_30d"] = np.divide(amount, long_max, out=np.full(nq, NO_HISTORY),

@@ -151,6 +151,7 @@ def test_health_ready_metrics_need_no_key(served: Served) -> None:
         body = anonymous.get("/ready").json()
         assert body["status"] == "ready" and body["model_version"] == served.version
         assert body["model_name"] == MODEL and body["alias"] == ALIAS and body["insecure_local"] is False
+        assert body["calibrated"] is False  # registered without a calibrator: it serves raw scores, and says so
         assert anonymous.get("/metrics").status_code == 200
 
 

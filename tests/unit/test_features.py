@@ -86,7 +86,8 @@ def _naive_behaviour(frame: pd.DataFrame, ts: np.ndarray, i: int, cust: np.ndarr
     d = F.label_delay_days * DAY_S
     r: dict[str, float] = {}
     m30, s30 = base["customer_mean_amount_30d"], base["customer_std_amount_30d"]
-    r["amount_zscore_30d"] = (amount[i] - m30) / s30 if s30 > 0 else 0.0
+    spread = max(s30, 0.01 * abs(m30))  # the deviation floored at 1% of the card's mean
+    r["amount_zscore_30d"] = (amount[i] - m30) / spread if spread > 0 else 0.0
     last30 = cust & (ts >= t - 30 * DAY_S)
     r["amount_to_customer_max_30d"] = amount[i] / amount[last30].max() if last30.any() else NO_HISTORY
     known = cust & (ts >= t - d - 30 * DAY_S) & (ts < t - d)
