@@ -109,15 +109,15 @@ def test_no_import_cycles() -> None:
              for m, p in modules.items()}
     state: dict[str, int] = {}
     stack: list[str] = []
+    cycles: list[str] = []
 
     def visit(m: str) -> None:
         state[m] = 1
         stack.append(m)
         for t in sorted(graph[m]):
             if state.get(t) == 1:
-                cycle = [*stack[stack.index(t):], t]
-                raise AssertionError("import cycle: " + " -> ".join(cycle))
-            if t not in state:
+                cycles.append(" -> ".join([*stack[stack.index(t):], t]))
+            elif t not in state:
                 visit(t)
         stack.pop()
         state[m] = 2
@@ -125,6 +125,8 @@ def test_no_import_cycles() -> None:
     for m in sorted(graph):
         if m not in state:
             visit(m)
+    assert len(state) == len(modules)  # every module was walked
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
 @pytest.mark.parametrize("floor", sorted(FORBIDDEN))
