@@ -76,10 +76,6 @@ def redact_url(location: str) -> str:
     return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", location)
 
 
-def dvc_remote_dir() -> Path:
-    return state_dir() / "dvc-remote"
-
-
 # Console noise that helps no one in a pipeline log (download progress bars of tiny model files).
 QUIET = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 

@@ -31,7 +31,6 @@ import pandas as pd
 from fraud_assets.core.months import month_bounds, month_range
 from fraud_assets.params import DataParams
 
-CANONICAL_COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount", "is_fraud"]
 ORACLE_COLUMNS = ["fraud_scenario", "fraud_probability"]
 LEGIT = "legit"
 SCENARIOS = (LEGIT, "large_amount", "compromised_terminal", "compromised_card", "card_testing")

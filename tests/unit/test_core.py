@@ -22,11 +22,12 @@ from fraud_assets.core.features import (
 from fraud_assets.core.lineage import file_md5
 from fraud_assets.core.months import month_bounds, month_range, shift_month
 from fraud_assets.core.promote import decide_promotion
-from fraud_assets.core.simulate import CANONICAL_COLUMNS, simulate_month, simulate_months
+from fraud_assets.core.simulate import simulate_month, simulate_months
 from fraud_assets.core.split import split_by_time
 from fraud_assets.core.train import fit_challenger, load_model, predict, save_model
 from fraud_assets.core.validate import REASON_COLUMN, SnapshotError, read_snapshot, validate_transactions
 from fraud_assets.params import load_params
+from fraud_assets.schemas import REQUIRED_COLUMNS
 
 P = load_params()
 
@@ -57,7 +58,7 @@ def test_months() -> None:
 def test_simulation_is_deterministic_and_canonical(month_frame: pd.DataFrame) -> None:
     again = simulate_month(P.data, "2025-02")
     pd.testing.assert_frame_equal(month_frame, again)
-    assert list(month_frame.columns[: len(CANONICAL_COLUMNS)]) == CANONICAL_COLUMNS
+    assert list(month_frame.columns[: len(REQUIRED_COLUMNS)]) == REQUIRED_COLUMNS
     assert month_frame["transaction_id"].is_unique
     start, end = month_bounds("2025-02")
     assert month_frame["tx_datetime"].between(start, end, inclusive="left").all()

@@ -15,7 +15,6 @@ from fraud_assets.cli.main import app
 from fraud_assets.core.lineage import file_md5
 from fraud_assets.core.months import month_bounds
 from fraud_assets.core.simulate import (
-    CANONICAL_COLUMNS,
     ORACLE_COLUMNS,
     SCENARIOS,
     make_population,
@@ -23,6 +22,7 @@ from fraud_assets.core.simulate import (
     simulate_months,
 )
 from fraud_assets.params import DataParams, load_params
+from fraud_assets.schemas import REQUIRED_COLUMNS
 
 P = load_params()
 
@@ -59,7 +59,7 @@ def test_same_params_and_month_give_byte_identical_parquet() -> None:
 
 def test_canonical_and_oracle_columns_sorted_ids(loud: dict[str, pd.DataFrame]) -> None:
     frame = loud["2025-02"]
-    assert list(frame.columns) == CANONICAL_COLUMNS + ORACLE_COLUMNS
+    assert list(frame.columns) == REQUIRED_COLUMNS + ORACLE_COLUMNS
     assert frame["transaction_id"].str.fullmatch(r"tx-202502-\d{7}").all()
     assert frame["transaction_id"].is_monotonic_increasing and frame["tx_datetime"].is_monotonic_increasing
     start, end = month_bounds("2025-02")
