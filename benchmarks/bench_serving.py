@@ -187,7 +187,8 @@ def bench_in_process(folder: Path, traffic: list[dict[str, Any]], n: int) -> dic
     with tempfile.TemporaryDirectory(prefix="bench-inproc-") as tmp:
         store = SqliteTransactionStore(shutil.copyfile(folder / "store.sqlite", Path(tmp) / "store.sqlite"))
         read_only = OnlineFeatures(store, p, remember=False)
-        predictor = Predictor(_loaded_model(folder), OnlineFeatures(store, p, remember=True))
+        predictor = Predictor(_loaded_model(folder), OnlineFeatures(store, p, remember=True),
+                              reasons=load_params().serve.reasons)
         features, scoring = [], []
         for tx in traffic[:50]:  # warm caches and code paths
             read_only.matrix([tx])
@@ -312,7 +313,8 @@ def bare_server(folder: str, store: str, port: int) -> None:
     params = load_params()
     types = request_types(params.data.max_amount, params.data.min_tx_date, params.serve.max_batch_rows)
     # Reads, then remembers each scored transaction before answering, as the service does.
-    predictor = Predictor(_loaded_model(Path(folder)), OnlineFeatures(SqliteTransactionStore(store), params.features))
+    predictor = Predictor(_loaded_model(Path(folder)), OnlineFeatures(SqliteTransactionStore(store), params.features),
+                          reasons=params.serve.reasons)
     app = FastAPI()
 
     @app.post("/predict")

@@ -189,6 +189,7 @@ class ServeParams(_Strict):
     reload_interval_s: PositiveFloat
     max_batch_rows: PositiveInt
     max_body_bytes: int = Field(ge=1024)
+    reasons: Literal["alerts", "all"]
     ingress: Literal["haproxy", "proxy"]
     replica_port: int = Field(ge=1024, le=65000)
 

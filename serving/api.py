@@ -89,7 +89,9 @@ class Score(BaseModel):
     alert: bool
     threshold: float = Field(ge=0, le=1)
     model_version: str
-    reasons: list[Reason] = Field(default_factory=list, max_length=3)
+    reasons: list[Reason] = Field(default_factory=list, max_length=3, description=(
+        "the features that moved the score most, largest first: for alerts (serve.reasons: alerts, the default) "
+        "or for every answer (serve.reasons: all); empty otherwise"))
 
 
 class ScoreBatch(BaseModel):

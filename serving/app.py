@@ -231,7 +231,8 @@ class FraudScorer:
     def __init__(self, tracking_uri: str, model_name: str, alias: str, num_threads: int,
                  reload_interval_s: float, max_batch_size: int,
                  batch_wait_timeout_s: float, max_batch_rows: int, max_body_bytes: int, max_amount: float,
-                 min_tx_date: date, prediction_log: str, online_store: str, insecure_local: bool = False) -> None:
+                 min_tx_date: date, prediction_log: str, online_store: str, insecure_local: bool = False,
+                 reasons: Literal["alerts", "all"] = "alerts") -> None:
         disable_telemetry()
         key = os.environ.get(API_KEY_ENV, "")
         self._insecure = not key
@@ -252,6 +253,7 @@ class FraudScorer:
         self._client = mlflow_registry.client_for(tracking_uri)
         self._model_name, self._alias = model_name, alias
         self._num_threads = num_threads
+        self._reasons: Literal["alerts", "all"] = reasons
         self._reload_interval_s = reload_interval_s
         self._log = PredictionLog(prediction_log, on_drop=self._metrics.log_dropped.inc)
         self._store: TransactionStore = open_store(online_store)
@@ -415,7 +417,7 @@ class FraudScorer:
 
     def _load_and_warm_up(self, version: str) -> Predictor:
         loaded = mlflow_registry.load_version(self._client, self._model_name, version, n_threads=self._num_threads)
-        candidate = Predictor(loaded, self._feature_provider(loaded.features.params))
+        candidate = Predictor(loaded, self._feature_provider(loaded.features.params), reasons=self._reasons)
         candidate.warm_up()
         return candidate
 
@@ -450,4 +452,5 @@ def build_app(args: AppArgs) -> Application:
         prediction_log=args.prediction_log or str(prediction_log_path()),
         online_store=args.online_store or online_store_location(),
         insecure_local=args.insecure_local,
+        reasons=s.reasons,
     )

@@ -26,11 +26,14 @@ from serving.app import API_KEY_ENV, APP_NAME, INSECURE_ENV, AppArgs, build_app
 
 # Ray Serve's own latency switches, applied by start_serving before Ray starts (an explicit value wins): user
 # code on the replica's event loop instead of a second thread, the router on the caller's loop, buffered
-# request logs. Measured on 2 cores, they cut the single-request latency roughly in half (benchmarks/).
+# request logs written once (to the replica's log file, not also to its stderr). What RAY_SERVE_THROUGHPUT_OPTIMIZED
+# would set, less its gRPC proxy hop (HAProxy talks HTTP to the replicas) and its gc freeze at start (the replica
+# freezes once its model is loaded).
 SERVE_TUNING = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    "RAY_SERVE_LOG_TO_STDERR": "0",
 }
 LOOPBACK_HAPROXY = Path(__file__).resolve().parent / "bin" / "haproxy-loopback"
 # What start_serving sets for one session (forgotten by stop_serving): the ingress switches and HAProxy's files.

@@ -207,6 +207,7 @@ class PredictionLog:
         self._labels_lock = threading.Lock()
         self._queue: queue.Queue[tuple | None] = queue.Queue(maxsize=max_queued_batches)
         self._flush_interval_s = flush_interval_s
+        self._stopping = threading.Event()
         self.dropped = 0
         self.written = 0
         self._writer = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -234,6 +235,7 @@ class PredictionLog:
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush what is queued and stop the writer."""
         if self._writer.is_alive():
+            self._stopping.set()
             self._queue.put(None)
             self._writer.join(timeout_s)
 
@@ -245,6 +247,8 @@ class PredictionLog:
                 item = self._queue.get(timeout=self._flush_interval_s)
             except queue.Empty:
                 continue
+            if item is not None:  # let a flush interval's batches gather: one transaction for them all, not one
+                self._stopping.wait(self._flush_interval_s)  # per request competing with the next request for the GIL
             while True:
                 if item is None:
                     stop = True

@@ -101,6 +101,20 @@ def test_reasons_are_the_top_three_contributions(predictor: Predictor) -> None:
     np.testing.assert_allclose([r["contribution"] for r in reasons], [c for _, c in expected], rtol=1e-5)
 
 
+def test_reasons_for_alerts_only_explain_the_alerted_rows_with_the_same_reasons() -> None:
+    txs = [_tx(i, amount) for i, amount in enumerate([3.0, 299.0, 40.0, 1500.0, 12.0, 880.0])]
+    everything = Predictor(_loaded("9", _booster(), 0.5)).score(txs)
+    threshold = sorted(d["fraud_probability"] for d in everything)[3]  # the three highest rows alert
+    every = Predictor(_loaded("9", _booster(), threshold), reasons="all").score(txs)
+    alerts = Predictor(_loaded("9", _booster(), threshold), reasons="alerts").score(txs)
+    assert sum(d["alert"] for d in alerts) == 3
+    for full, lean in zip(every, alerts, strict=True):
+        assert lean["fraud_probability"] == full["fraud_probability"] and len(full["reasons"]) == 3
+        assert lean["reasons"] == (full["reasons"] if lean["alert"] else [])
+    nobody = Predictor(_loaded("9", _booster(), 1.0), reasons="alerts").score(txs)
+    assert all(not d["alert"] and d["reasons"] == [] for d in nobody)
+
+
 def test_an_injected_feature_provider_is_used() -> None:
     calls: list[int] = []
 
