@@ -23,6 +23,7 @@ process. Writes ``benchmarks/results/serving.json`` (``--out``) and prints the t
 """
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -221,10 +222,11 @@ def _wrk(port: int, connections: int, first: int, count: int, duration_s: float,
             "p99_ms": r["p99_us"] / 1000, "errors": r["status_errors"] + r["socket_errors"]}
 
 
-def bench_http(port: int, key: str | None, traffic: list[dict[str, Any]], traffic_file: Path, size: Size
-               ) -> dict[str, float]:
+def bench_http(port: int, key: str | None, traffic: list[dict[str, Any]], traffic_file: Path, size: Size,
+               server_pid: int | None = None) -> dict[str, Any]:
     """Warm-up (sequential; ``X-Process-Time-Ms`` collected), wrk at 1 and at 16 connections, then the batch
-    endpoint, each on its own slice of the traffic."""
+    endpoint, each on its own slice of the traffic; with ``server_pid``, the RSS of its process tree after the
+    1-connection phase (one replica: the autoscaler adds the second under 16 connections)."""
     import httpx
 
     s = _slices(size)
@@ -238,6 +240,7 @@ def bench_http(port: int, key: str | None, traffic: list[dict[str, Any]], traffi
             if "x-process-time-ms" in r.headers:
                 process_ms.append(float(r.headers["x-process-time-ms"]))
         one = _wrk(port, 1, *s["c1"], size.duration_s, key, traffic_file)
+        rss = _tree_rss_mb(server_pid) if server_pid else None
         sixteen = _wrk(port, 16, *s["c16"], size.duration_s, key, traffic_file)
         first, n = s["batch"]
         started, rows = time.perf_counter(), 0
@@ -253,6 +256,8 @@ def bench_http(port: int, key: str | None, traffic: list[dict[str, Any]], traffi
            "errors": errors + one["errors"] + sixteen["errors"]}
     if process_ms:
         out["process_time_p50_ms"] = float(np.median(process_ms))
+    if rss is not None:
+        out["serving_rss_mb"], out["rss_by_process"] = rss
     return out
 
 
@@ -287,6 +292,17 @@ def _tree_rss_mb(pid: int) -> tuple[float, dict[str, float]]:
         total += rss
         by_name[name] = by_name.get(name, 0.0) + rss
     return total, {k: round(v, 1) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])}
+
+
+def _replicas(pid: int) -> int:
+    """How many scoring replicas run under the process ``pid``."""
+    import psutil
+
+    n = 0
+    for proc in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # a process that ended meanwhile
+            n += "FraudScorer" in " ".join(proc.cmdline())
+    return n
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -382,10 +398,9 @@ def run_service(folder: Path, tmp: Path, traffic: list[dict[str, Any]], traffic_
                             cwd=ROOT)
     try:
         _wait(port, "/ready", proc)
-        result = bench_http(port, key, traffic, traffic_file, size)
-        rss, by_name = _tree_rss_mb(proc.pid)
-        result["serving_rss_mb"] = rss
-        return result, {"rss_by_process": by_name, **serve_mode()}
+        result = bench_http(port, key, traffic, traffic_file, size, server_pid=proc.pid)
+        result["replicas_after"] = _replicas(proc.pid)
+        return result, {"rss_by_process": result.pop("rss_by_process"), **serve_mode()}
     finally:
         _stop(proc)
 

@@ -192,6 +192,20 @@ def serve(
         stop_serving()
 
 
+@app.command("serve-env")
+def serve_env() -> None:
+    """Print the environment a Ray cluster node needs for serve.ingress and Serve's latency switches, as shell
+    ``export`` lines: ``eval "$(fraud serve-env)"`` before ``ray start`` (Ray's processes read it when they start),
+    then ``serve deploy serve_config.yaml``."""
+    import shlex
+
+    from serving.local import ray_env
+
+    _, p = _project()
+    for name, value in ray_env(p.serve).items():
+        typer.echo(f"export {name}={shlex.quote(value)}")
+
+
 def _raise_interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
