@@ -49,7 +49,7 @@ import logging
 import os
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
 from fastapi import FastAPI, Query, Request
@@ -61,12 +61,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from ray import serve
 from ray.serve import Application
 
-from fraud_assets.adapters import mlflow_registry
 from fraud_assets.adapters.online_store import OnlineFeatures, TransactionStore, open_store
 from fraud_assets.adapters.prediction_log import LabelSink, PredictionLog
 from fraud_assets.params import FeatureParams, load_params
 from fraud_assets.settings import disable_telemetry, mlflow_tracking_uri, online_store_location, prediction_log_path
-from serving.analyst import alerts_answer, performance_answer
 from serving.api import (
     LABEL_BATCH,
     AlertQueue,
@@ -82,7 +80,10 @@ from serving.api import (
     request_types,
 )
 from serving.guard import Guard, GuardConfig, Metrics
-from serving.predictor import FeatureProvider, Predictor, Scored
+
+if TYPE_CHECKING:  # the driver that builds the app never loads the model stack (mlflow, xgboost, sklearn: ~120 MB);
+    # the replica imports it where it is used (Serve ships FraudScorer to the replica by value)
+    from serving.predictor import FeatureProvider, Predictor, Scored
 
 logger = logging.getLogger("ray.serve")
 
@@ -250,6 +251,8 @@ class FraudScorer:
         self._max_batch_rows = max_batch_rows
         self._requests = request_types(max_amount, min_tx_date, max_batch_rows)
         ScoringApi.configure(self._requests)
+        from fraud_assets.adapters import mlflow_registry
+
         self._client = mlflow_registry.client_for(tracking_uri)
         self._model_name, self._alias = model_name, alias
         self._num_threads = num_threads
@@ -325,6 +328,8 @@ class FraudScorer:
             description="only cards with this status")] = None,
     ) -> Response:
         """A day's alerts by card, highest score first, with reasons in words and the cards' recent transactions."""
+        from serving.analyst import alerts_answer
+
         queue = await asyncio.to_thread(alerts_answer, self._log.path, self._store, _day(day), model_version,
                                         status, datetime.now(UTC).date())
         return _json(queue)
@@ -333,6 +338,8 @@ class FraudScorer:
     async def performance(self, weeks: Annotated[int, Query(ge=1, le=104, description="weeks back from the "
                                                             "latest day with scores")] = 12) -> Response:
         """Live performance per week and model version, alerts per day, the champion's history and drift flags."""
+        from serving.analyst import performance_answer
+
         return _json(await asyncio.to_thread(performance_answer, self._log.path, self._client, self._model_name,
                                              self._alias, weeks))
 
@@ -343,12 +350,12 @@ class FraudScorer:
         self._after_scoring(transactions, scored, [rid for _, rid in items])
         return scored.decisions
 
-    def _score_and_remember(self, predictor: Predictor, transactions: list[dict[str, Any]]) -> Scored:
+    def _score_and_remember(self, predictor: "Predictor", transactions: list[dict[str, Any]]) -> "Scored":
         scored = predictor.score_with_features(transactions)
         self._store.append(transactions)  # before answering: the card's next transaction must see this one
         return scored
 
-    def _after_scoring(self, transactions: list[dict[str, Any]], scored: Scored, request_ids: list[str]) -> None:
+    def _after_scoring(self, transactions: list[dict[str, Any]], scored: "Scored", request_ids: list[str]) -> None:
         m, n = self._metrics, len(transactions)
         if n:
             version = scored.decisions[0]["model_version"]
@@ -369,12 +376,12 @@ class FraudScorer:
         if log is not None:
             log.close()
 
-    def _feature_provider(self, p: FeatureParams) -> FeatureProvider:
+    def _feature_provider(self, p: FeatureParams) -> "FeatureProvider":
         """Online features from the store with a version's own knobs ``p`` (read only: :meth:`_after_scoring`
         records what was scored); the store read window follows them too."""
         return OnlineFeatures(self._store, p, remember=False)
 
-    def _require_predictor(self) -> Predictor:
+    def _require_predictor(self) -> "Predictor":
         predictor = self._predictor
         if predictor is None:
             raise ServiceUnavailable(self._error or "model is loading")
@@ -392,6 +399,8 @@ class FraudScorer:
             await asyncio.sleep(self._reload_interval_s)
 
     async def _sync_with_alias(self) -> None:
+        from fraud_assets.adapters import mlflow_registry
+
         mv = await asyncio.to_thread(mlflow_registry.alias_version, self._client, self._model_name, self._alias)
         if mv is None:
             raise LookupError(f"registered model {self._model_name!r} has no alias {self._alias!r}")
@@ -415,7 +424,10 @@ class FraudScorer:
         logger.info("now serving %s v%s (was %s)", self._model_name, candidate.version,
                     current.version if current else "nothing")
 
-    def _load_and_warm_up(self, version: str) -> Predictor:
+    def _load_and_warm_up(self, version: str) -> "Predictor":
+        from fraud_assets.adapters import mlflow_registry
+        from serving.predictor import Predictor
+
         loaded = mlflow_registry.load_version(self._client, self._model_name, version, n_threads=self._num_threads)
         candidate = Predictor(loaded, self._feature_provider(loaded.features.params), reasons=self._reasons)
         candidate.warm_up()

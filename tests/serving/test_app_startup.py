@@ -103,3 +103,23 @@ def test_loopback_haproxy_moves_wildcard_listeners_to_127_0_0_1(tmp_path) -> Non
     rewritten = (tmp_path / "haproxy.cfg.loopback").read_text().splitlines()
     binds = [line.split()[1] for line in rewritten if "bind" in line]
     assert binds == ["127.0.0.1:9101", "127.0.0.1:8404", "127.0.0.1:8000"]
+
+
+def test_the_ray_internals_the_lean_hooks_patch_are_still_there() -> None:
+    """serving/ray_hooks.py reaches into Ray: a Ray upgrade that moves what it patches fails here."""
+    import inspect
+
+    import ray
+    from ray._private import node, parameter
+    from ray.serve._private.proxy_state import ProxyStateManager
+
+    from serving.ray_hooks import RAY_VERSION, lean_local_ray
+
+    assert ray.__version__ == RAY_VERSION
+    assert {"no_monitor", "include_log_monitor"} <= set(inspect.signature(parameter.RayParams.__init__).parameters)
+    assert callable(node.Node.start_api_server) and callable(ProxyStateManager._start_fallback_proxy_if_needed)
+    before = node.Node.start_api_server
+    with lean_local_ray():
+        params = parameter.RayParams()
+        assert params.no_monitor and not params.include_log_monitor and node.Node.start_api_server is not before
+    assert node.Node.start_api_server is before and not parameter.RayParams().no_monitor
