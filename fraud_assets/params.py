@@ -190,6 +190,7 @@ class ServeParams(_Strict):
     max_batch_rows: PositiveInt
     max_body_bytes: int = Field(ge=1024)
     reasons: Literal["alerts", "all"]
+    access_log: bool
     ingress: Literal["haproxy", "proxy"]
     replica_port: int = Field(ge=1024, le=65000)
 

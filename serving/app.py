@@ -447,7 +447,7 @@ def build_app(args: AppArgs) -> Application:
             "max_replicas": s.max_replicas,
             "target_ongoing_requests": s.target_ongoing_requests,
         },
-        logging_config={"encoding": "JSON"},
+        logging_config={"encoding": "JSON", "enable_access_log": s.access_log},
     )
     return deployment.bind(
         tracking_uri=args.tracking_uri or mlflow_tracking_uri(),
