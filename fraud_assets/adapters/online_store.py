@@ -2,11 +2,12 @@
 
 :class:`TransactionStore` is the seam: the embedded default is :class:`SqliteTransactionStore`, a SQLite
 file in the state folder in WAL mode (many readers, such as Ray replicas and Dagster runs, and one writer
-at a time), indexed by (customer, time) and (terminal, time). :class:`PostgresTransactionStore` is the same
-table in PostgreSQL, for replicas on several machines; :func:`open_store` picks one from a location
-(``$FRAUD_ONLINE_STORE``: a path or a ``postgresql://`` URL). Another networked store (Redis, say) implements
-the seven methods of the protocol. :class:`OnlineFeatures` turns incoming transactions into the model's
-features through :func:`fraud_assets.core.features.feature_values`, the function batch mode ends in.
+at a time), indexed by (customer, time) and (terminal, time), each index carrying the columns features
+read. :class:`PostgresTransactionStore` is the same table in PostgreSQL, for replicas on several machines;
+:func:`open_store` picks one from a location (``$FRAUD_ONLINE_STORE``: a path or a ``postgresql://`` URL).
+Another networked store (Redis, say) implements the seven methods of the protocol. :class:`OnlineFeatures`
+turns incoming transactions into the model's features through
+:func:`fraud_assets.core.features.feature_values`, the function batch mode ends in.
 
 Labels: a transaction's ``is_fraud`` is what the snapshot said when the store was seeded, or what
 ``add_labels`` recorded later (``POST /labels``); transactions appended by serving have no label until
@@ -29,13 +30,29 @@ from fraud_assets.core.features import FEATURE_COLUMNS, KEY_COLUMNS, Incoming, R
 from fraud_assets.params import FeatureParams
 from fraud_assets.windows import DAY_S, lookback_days
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS transactions (
-    transaction_id TEXT PRIMARY KEY, ts INTEGER NOT NULL, customer_id TEXT NOT NULL, terminal_id TEXT NOT NULL,
-    amount REAL NOT NULL, is_fraud INTEGER);
-CREATE INDEX IF NOT EXISTS transactions_customer ON transactions (customer_id, ts);
-CREATE INDEX IF NOT EXISTS transactions_terminal ON transactions (terminal_id, ts);
-"""
+# The history read is two index range scans. Both indexes carry every column it returns (covering indexes), so a
+# card's rows come from the few index pages holding them instead of one table page each: rows are stored in arrival
+# order, a card's scattered over the whole file. PostgreSQL keeps the carried columns out of the key (INCLUDE).
+_INDEXES = {"transactions_customer_covering": ("customer_id, ts", "terminal_id, amount, is_fraud"),
+            "transactions_terminal_covering": ("terminal_id, ts", "customer_id, amount, is_fraud")}
+_REPLACED_INDEXES = ("transactions_customer", "transactions_terminal")  # (customer_id, ts), (terminal_id, ts)
+
+
+def _schema(postgres: bool = False) -> str:
+    """The table and its indexes. A store made before the covering indexes gets them and drops those they replace."""
+    ts, amount = ("BIGINT", "DOUBLE PRECISION") if postgres else ("INTEGER", "REAL")
+    table = ("CREATE TABLE IF NOT EXISTS transactions (\n    transaction_id TEXT PRIMARY KEY, "
+             f"ts {ts} NOT NULL, customer_id TEXT NOT NULL, terminal_id TEXT NOT NULL,\n"
+             f"    amount {amount} NOT NULL, is_fraud INTEGER)")
+    indexes = [f"CREATE INDEX IF NOT EXISTS {name} ON transactions "
+               + (f"({key}) INCLUDE ({carried})" if postgres else f"({key}, {carried})")
+               for name, (key, carried) in _INDEXES.items()]
+    dropped = [f"DROP INDEX IF EXISTS {name}" for name in _REPLACED_INDEXES]  # first: their pages hold the new ones
+    return "".join(f"{statement};\n" for statement in [table, *dropped, *indexes])
+
+
+SCHEMA = _schema()
+POSTGRES_SCHEMA = _schema(postgres=True)
 
 
 class TransactionStore(Protocol):
@@ -137,7 +154,11 @@ class SqliteTransactionStore(_OneConnectionPerThread):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         with self._connect() as conn:
-            conn.executescript(SCHEMA)
+            have = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+            if not {"transactions", *_INDEXES} <= have or have.intersection(_REPLACED_INDEXES):
+                # Made or migrated in one transaction: other processes read the old indexes until the new are in
+                # (a few seconds on a bank's 90 days). Once done, opening a store writes nothing.
+                conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}COMMIT;")
 
     def _connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -145,6 +166,8 @@ class SqliteTransactionStore(_OneConnectionPerThread):
             conn = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # No memory map: with the covering indexes it saved ~5% of a read, and every mapped page of the store
+            # counts in the replica's RSS (142 MB of a 110 MB bank store): read() into the OS page cache instead.
             self._local.conn = conn
         return conn
 
@@ -163,18 +186,16 @@ class SqliteTransactionStore(_OneConnectionPerThread):
         return _rows(records)
 
     def _history_many(self, cs: list[str], ts: list[str], since_s: int, until_s: int) -> Rows:
-        """:meth:`history` for a large batch: key lists in chunks (SQLite caps bound parameters), then each row once."""
-        conn, seen, records = self._connect(), set(), []
+        """:meth:`history` for a large batch: key lists in chunks (SQLite caps bound parameters), each row once."""
+        conn, records, customers = self._connect(), [], set(cs)
         for column, keys in (("customer_id", cs), ("terminal_id", ts)):
             for i in range(0, len(keys), _FEW_KEYS):
                 chunk = keys[i:i + _FEW_KEYS]
-                for row in conn.execute(
-                        f"SELECT transaction_id, ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
-                        f"WHERE {column} IN ({','.join('?' * len(chunk))}) AND ts >= ? AND ts < ?",
-                        [*chunk, since_s, until_s]):
-                    if row[0] not in seen:
-                        seen.add(row[0])
-                        records.append(row[1:])
+                rows = conn.execute(f"SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
+                                    f"WHERE {column} IN ({','.join('?' * len(chunk))}) AND ts >= ? AND ts < ?",
+                                    [*chunk, since_s, until_s]).fetchall()
+                # The terminals' rows of these customers came with the customers' already (as in :meth:`history`).
+                records += rows if column == "customer_id" else [r for r in rows if r[1] not in customers]
         return _rows(records)
 
     def history_frame(self, customers: Sequence[str], terminals: Sequence[str], since_s: int, until_s: int
@@ -233,8 +254,7 @@ class PostgresTransactionStore(_OneConnectionPerThread):
         self.dsn, self.schema = dsn, schema
         self._local = threading.local()
         with self._connect().transaction():
-            for statement in SCHEMA.replace("INTEGER NOT NULL", "BIGINT NOT NULL").replace(
-                    "amount REAL", "amount DOUBLE PRECISION").split(";"):
+            for statement in POSTGRES_SCHEMA.split(";"):
                 if statement.strip():
                     self._connect().execute(statement)
 
@@ -314,7 +334,7 @@ def _rows(records: list[tuple]) -> Rows:
         return Rows(np.zeros(0, np.int64), [], [], np.zeros(0), np.zeros(0))
     ts, customers, terminals, amounts, labels = zip(*records, strict=True)
     return Rows(np.array(ts, np.int64), customers, terminals, np.array(amounts, np.float64),
-                np.array([np.nan if v is None else v for v in labels], np.float64))
+                np.array(labels, np.float64))  # a NULL label (None) becomes NaN
 
 
 class OnlineFeatures:

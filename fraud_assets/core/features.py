@@ -26,8 +26,12 @@ The label and the simulator's oracle columns are never features.
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from itertools import accumulate, chain, compress, count, pairwise, repeat
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -77,66 +81,116 @@ def _seconds(ts: pd.Series) -> np.ndarray:
 # Below this many rows the per-key running sums are taken with numpy segment by segment (no pandas call
 # overhead, which dominates an online request); above it with one pandas groupby. Both restart at each key;
 # pandas compensates its sums (Kahan) and numpy does not, so they agree to about 1e-12 of a key's total, far
-# inside the 1e-9 batch/online parity the tests demand.
+# inside the 1e-9 batch/online parity the tests demand. Up to this many queries an index keeps only the rows of
+# the queried keys. These small paths take fewer numpy calls (on ~100 rows each call's overhead is its cost),
+# never other arithmetic.
 _SMALL = 4096
+_ZERO = np.zeros(1, np.int64)
 
 
-def _per_key_cumsum(key: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Running sums of ``values`` that restart at each new ``key`` (``key`` sorted)."""
-    if len(key) <= _SMALL:
-        cuts = np.flatnonzero(key[1:] != key[:-1]) + 1
-        return np.concatenate([np.cumsum(seg) for seg in np.split(values, cuts)]) if len(key) else values
-    return pd.Series(values).groupby(key).cumsum().to_numpy(np.float64)
+class _Marks(NamedTuple):
+    """How far before each query the window bounds lie (seconds, one row per bound), for one set of knobs."""
+
+    customer: np.ndarray  # the windows' starts, the label history's start; the query; the label delay; burst; lookback
+    terminal: np.ndarray  # the fraud windows' starts; the label delay; the query; a day
+    pair: np.ndarray  # the new-terminal window's start; the query
+
+
+_K = len(CUSTOMER_WINDOWS_DAYS)
+_LONGEST = CUSTOMER_WINDOWS_DAYS.index(max(CUSTOMER_WINDOWS_DAYS))
+_CUSTOMER_ENDS = np.array([_K + 1] * _K + [_K + 2])  # rows of Marks.customer ending the windows and label history
+_TERMINAL_ENDS = np.array([len(TERMINAL_WINDOWS_DAYS)] * len(TERMINAL_WINDOWS_DAYS))  # ... ending the fraud windows
+_CUSTOMER_COLUMNS = [(f"customer_count_{w}d", f"customer_mean_amount_{w}d", f"customer_std_amount_{w}d")
+                     for w in CUSTOMER_WINDOWS_DAYS]
+_TERMINAL_COLUMNS = [(f"terminal_count_{w}d", f"terminal_fraud_rate_{w}d") for w in TERMINAL_WINDOWS_DAYS]
+
+
+def _column(seconds: list[int]) -> np.ndarray:
+    return np.array(seconds, np.int64)[:, None]
+
+
+@lru_cache(maxsize=16)
+def _marks(p: FeatureParams) -> _Marks:
+    """The window bounds of the knobs ``p`` (made once per set of knobs)."""
+    delay, longest_label = p.label_delay_days * DAY_S, max(TERMINAL_WINDOWS_DAYS) * DAY_S
+    return _Marks(_column([*(w * DAY_S for w in CUSTOMER_WINDOWS_DAYS), delay + longest_label, 0, delay,
+                           p.burst_window_seconds, lookback_days(p) * DAY_S]),
+                  _column([*(delay + w * DAY_S for w in TERMINAL_WINDOWS_DAYS), delay, 0, DAY_S]),
+                  _column([p.new_terminal_days * DAY_S, 0]))
+
+
+def _per_key_cumsum(key: np.ndarray, values: np.ndarray, out: np.ndarray) -> None:
+    """Running sums of ``values`` into ``out`` that restart at each new ``key`` (sorted)."""
+    if len(key) > _SMALL:
+        out[:] = pd.Series(values).groupby(key).cumsum().to_numpy(np.float64)
+        return
+    cuts = [0, *(np.flatnonzero(key[1:] != key[:-1]) + 1).tolist(), len(key)] if len(key) else []
+    for lo, hi in pairwise(cuts):  # one key (one query online): one running sum
+        np.add.accumulate(values[lo:hi], out=out[lo:hi])
+
+
+def _rows_of(key: np.ndarray, queried: np.ndarray, width: int) -> np.ndarray | None:
+    """Positions (in order) of the rows whose key is among a few ``queried`` ones (codes below ``width``); None
+    for many queries (batch), which keep every row."""
+    if len(queried) > _SMALL:
+        return None
+    if len(queried) == 1:
+        return np.flatnonzero(key == queried[0])
+    wanted = np.zeros(width, bool)
+    wanted[queried] = True
+    return np.flatnonzero(wanted[key])
 
 
 class _Index:
-    """Reference rows sorted by (key, time) with per-key running sums, for window queries."""
+    """Reference rows sorted by (key, time), with per-key running sums, for window queries.
 
-    def __init__(self, key: np.ndarray, ts: np.ndarray, values: Mapping[str, np.ndarray],
-                 queried: np.ndarray | None = None, rows: Mapping[str, np.ndarray] | None = None) -> None:
-        rows = dict(rows or {})
-        if queried is not None and len(queried) <= _SMALL:
-            # A few queries (online): keep only their keys' rows. Windows never read another key, and within a
-            # key the rows and their order are unchanged.
-            keep = (key == queried[0]) if len(queried) == 1 else np.isin(key, queried)
-            key, ts = key[keep], ts[keep]
-            values, rows = {k: v[keep] for k, v in values.items()}, {k: v[keep] for k, v in rows.items()}
-        order = np.lexsort((ts, key))
-        self.key, self.ts = key[order], ts[order]
-        self.combined = self.key * _SHIFT + self.ts
-        self.n = len(order)
-        # Running sums restart at each key, so a window's sum never subtracts two large totals (exact parity).
-        self.incl = {k: _per_key_cumsum(self.key, v[order].astype(np.float64)) for k, v in values.items()}
-        # Row values in (key, time) order, for window statistics taken row by row (a maximum, an exact sum).
-        self.rows = {k: v[order] for k, v in rows.items()}
+    For a few queries (online) only the rows of their keys are kept: windows never read another key, and within
+    a key the rows and their order are unchanged. With one queried key, time alone orders and finds the rows.
+    """
 
-    def bounds(self, qkey: np.ndarray, lo_ts: np.ndarray, hi_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Sorted positions ``[lo, hi)`` of the rows with key ``qkey`` and ``lo_ts <= ts < hi_ts``."""
-        lo = np.searchsorted(self.combined, qkey * _SHIFT + lo_ts, side="left")
-        hi = np.searchsorted(self.combined, qkey * _SHIFT + hi_ts, side="left")
-        return lo, hi
+    def __init__(self, key: np.ndarray, ts: np.ndarray, queried: np.ndarray, width: int) -> None:
+        at = _rows_of(key, queried, width)
+        self.single = at is not None and len(queried) == 1
+        if at is None:
+            self.order = np.lexsort((ts, key))
+        else:
+            self.order = at[ts[at].argsort(kind="stable") if self.single else np.lexsort((ts[at], key[at]))]
+        self.key, self.n = key[self.order], len(self.order)
+        # The times and a 0 after them, so ``ts_pad[i - 1]`` of a window ending at 0 is a harmless read.
+        self.ts_pad = np.concatenate((ts[self.order], _ZERO))
+        self.ts = self.ts_pad[: self.n]
+        self.combined = self.ts if self.single else self.key * _SHIFT + self.ts
+        self.upto, self.starts = np.zeros((1, 0)), None
 
-    def window_sum(self, name: str, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Sum of ``name`` over each ``[lo, hi)`` (0 where empty)."""
-        cs = self.incl[name]
-        has = hi > lo
-        out = np.zeros(len(lo))
-        if self.n == 0:
-            return out
-        last = cs[np.where(has, hi - 1, 0)]
-        before = np.where(lo > 0, cs[np.maximum(lo - 1, 0)], 0.0)
-        same_key = np.where(lo > 0, self.key[np.maximum(lo - 1, 0)] == self.key[np.minimum(lo, self.n - 1)], False)
-        out[has] = (last - np.where(same_key, before, 0.0))[has]
-        return out
+    def first_at(self, qkey: np.ndarray, q_ts: np.ndarray, marks: np.ndarray) -> np.ndarray:
+        """Sorted position of the first row of key ``qkey`` at or after ``q_ts - marks`` (a row per mark)."""
+        needles = q_ts - marks
+        if not self.single:
+            needles += qkey * _SHIFT
+        return self.combined.searchsorted(needles)
 
-    def previous(self, qkey: np.ndarray, q_ts: np.ndarray, horizon_s: int) -> np.ndarray:
-        """Seconds since the key's latest row strictly before each query, within ``horizon_s``; else NO_HISTORY."""
-        prev = np.searchsorted(self.combined, qkey * _SHIFT + q_ts, side="left") - 1
-        if not self.n:
-            return np.full(len(qkey), NO_HISTORY)
-        at = np.maximum(prev, 0)
-        ok = (prev >= 0) & (self.key[at] == qkey) & (q_ts - self.ts[at] <= horizon_s)
-        return np.where(ok, q_ts - self.ts[at], NO_HISTORY).astype(np.float64)
+    def add_sums(self, *values: np.ndarray) -> None:
+        """Per-key running sums of each of ``values`` (rows in index order), for :meth:`window_sums`."""
+        # upto[i]: the running sum through row i - 1 of its key, so a window [lo, hi) of one key sums to upto[hi]
+        # minus upto[lo], or upto[hi] alone if lo starts its key: it never subtracts two keys' totals.
+        self.upto = np.zeros((self.n + 1, len(values)))
+        for j, v in enumerate(values):
+            _per_key_cumsum(self.key, v, self.upto[1:, j])
+        self.starts = None  # one key: row 0 alone starts it, and upto[0] is 0
+        if self.n and self.key[0] != self.key[-1]:
+            self.starts = np.ones(self.n + 1, bool)
+            self.starts[1:self.n] = self.key[1:] != self.key[:-1]
+
+    def window_sums(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Sums of the :meth:`add_sums` quantities over each ``[lo, hi)`` (same shapes; 0 where empty), x quantities."""
+        sums, before = self.upto[hi], self.upto[lo]
+        if self.starts is not None:
+            before[self.starts[lo]] = 0.0
+        sums -= before
+        # With one key an empty window is upto[lo] - upto[lo], exactly 0; at a key's edge it would read two keys.
+        if self.starts is not None:
+            sums[hi <= lo] = 0.0
+        return sums
 
 
 class _Segments(NamedTuple):
@@ -162,25 +216,39 @@ class _Segments(NamedTuple):
         return out
 
 
-def _codes(reference: Sequence[Any], queries: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes of string keys, shared by both sides (a dict for a handful, pandas for many)."""
+def _window_max(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The maximum of ``values`` (in index order) over each ``[lo, hi)``, 0 where empty."""
+    if len(lo) == 1:  # one window (online): a slice
+        return np.array([values[lo[0]:hi[0]].max() if hi[0] > lo[0] else 0.0])
+    return _Segments.of(lo, hi).reduce(np.maximum, values, 0.0)
+
+
+def _codes(reference: Sequence[str], queries: Sequence[str]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Integer codes of the keys of both sides, and a bound above every code.
+
+    For a few rows (online) only the queried keys get a code of their own and every other key shares one: the
+    windows of a few queries only read their own keys' rows (see :class:`_Index`). For many, pandas numbers them.
+    """
     if len(reference) + len(queries) <= _SMALL:
         table: dict[str, int] = {}
-        ref = np.fromiter((table.setdefault(str(k), len(table)) for k in reference), np.int64, len(reference))
-        qry = np.fromiter((table.setdefault(str(k), len(table)) for k in queries), np.int64, len(queries))
-        return ref, qry
-    codes, _ = pd.factorize(pd.concat([pd.Series(reference, dtype=object).astype(str),
-                                       pd.Series(queries, dtype=object).astype(str)], ignore_index=True))
+        qry = np.fromiter(map(table.setdefault, queries, count()), np.int64, len(queries))
+        other = len(queries)
+        return np.fromiter(map(table.get, reference, repeat(other)), np.int64, len(reference)), qry, other + 1
+    codes, uniques = pd.factorize(pd.concat([pd.Series(reference, dtype=object), pd.Series(queries, dtype=object)],
+                                            ignore_index=True))
     codes = codes.astype(np.int64)
-    return codes[: len(reference)], codes[len(reference):]
+    return codes[: len(reference)], codes[len(reference):], len(uniques)
 
 
 class Rows(NamedTuple):
-    """Transactions as columns: epoch seconds, customer and terminal ids, amounts, labels (NaN = unknown)."""
+    """Transactions as columns: epoch seconds, customer and terminal ids, amounts, labels (NaN = unknown).
+
+    Ids are strings (the constructors below and :class:`Incoming` convert them), compared as they are.
+    """
 
     ts: np.ndarray
-    customer: Sequence[Any]
-    terminal: Sequence[Any]
+    customer: Sequence[str]
+    terminal: Sequence[str]
     amount: np.ndarray
     label: np.ndarray
 
@@ -191,138 +259,211 @@ class Rows(NamedTuple):
         label = (pd.to_numeric(frame[LABEL], errors="coerce").to_numpy(np.float64) if LABEL in frame.columns
                  else np.full(n, np.nan))
         return cls(_seconds(frame["tx_datetime"]) if n else np.zeros(0, np.int64),
-                   frame["customer_id"].to_numpy(), frame["terminal_id"].to_numpy(),
+                   frame["customer_id"].astype(str).to_numpy(), frame["terminal_id"].astype(str).to_numpy(),
                    frame["amount"].to_numpy(np.float64), label)
 
     @classmethod
     def concat(cls, parts: Sequence[Rows]) -> Rows:
-        """The rows of ``parts``, one after the other."""
-        return cls(np.concatenate([r.ts for r in parts]).astype(np.int64),
-                   np.concatenate([np.asarray(r.customer, dtype=object) for r in parts]),
-                   np.concatenate([np.asarray(r.terminal, dtype=object) for r in parts]),
-                   np.concatenate([r.amount for r in parts]).astype(np.float64),
-                   np.concatenate([r.label for r in parts]).astype(np.float64))
+        """The rows of ``parts``, one after the other (ids as lists: the features iterate them)."""
+        return cls(np.concatenate([r.ts for r in parts]).astype(np.int64, copy=False),
+                   list(chain.from_iterable(r.customer for r in parts)),
+                   list(chain.from_iterable(r.terminal for r in parts)),
+                   np.concatenate([r.amount for r in parts]).astype(np.float64, copy=False),
+                   np.concatenate([r.label for r in parts]).astype(np.float64, copy=False))
 
 
 def feature_values(reference: Rows, queries: Rows, hour: np.ndarray, weekday: np.ndarray, p: FeatureParams
                    ) -> np.ndarray:
     """The feature matrix (float64, :data:`FEATURE_COLUMNS` order) of ``queries`` given the past in ``reference``.
 
-    The one implementation of the definitions: batch mode and online mode both end here. Rows of
-    ``reference`` at or after a query's second are ignored; unknown labels count as not fraud.
+    The one entry point of the definitions: batch mode and online mode both end here. Rows of
+    ``reference`` at or after a query's second are ignored; unknown labels count as not fraud. One query
+    against a few rows (an online request) takes :func:`_one_query`, anything else the vectorized
+    :func:`_window_features`; the two agree to the bit (``tests/unit/test_online_speed_paths.py``).
     """
-    q_ts, r_ts, amount = queries.ts, reference.ts, queries.amount
-    nq = len(q_ts)
+    nq = len(queries.ts)
+    if not nq:
+        return np.zeros((0, len(FEATURE_COLUMNS)))
+    amount = queries.amount
     start, end = p.night_hours
-    feats: dict[str, np.ndarray] = {
+    feats: dict[str, Any] = {
         "amount": amount, "log_amount": np.log1p(amount), "hour": hour.astype(np.float64),
         "weekday": weekday.astype(np.float64), "is_night": ((hour >= start) & (hour < end)).astype(np.float64),
         "is_weekend": (weekday >= 5).astype(np.float64)}
-
-    r_cust, q_cust = _codes(reference.customer, queries.customer)
-    r_term, q_term = _codes(reference.terminal, queries.terminal)
-    feats |= _customer_features(reference, queries, r_cust, q_cust, p)
-    feats["terminal_new_to_customer"] = _new_to_customer(r_ts, q_ts, r_cust, q_cust, r_term, q_term, p)
-    feats |= _terminal_features(reference, queries, r_term, q_term, p)
-    return np.column_stack([feats[c] for c in FEATURE_COLUMNS]) if nq else np.zeros((0, len(FEATURE_COLUMNS)))
+    if nq == 1 and len(reference.ts) <= _SMALL:
+        feats = {c: v[0] for c, v in feats.items()} | _one_query(reference, queries, p)
+        return np.array([[feats[c] for c in FEATURE_COLUMNS]], dtype=np.float64)
+    feats |= _window_features(reference, queries, p)
+    return np.column_stack([feats[c] for c in FEATURE_COLUMNS])
 
 
-def _customer_features(reference: Rows, queries: Rows, r_cust: np.ndarray, q_cust: np.ndarray,
-                       p: FeatureParams) -> dict[str, np.ndarray]:
+def _window_features(reference: Rows, queries: Rows, p: FeatureParams) -> dict[str, np.ndarray]:
+    """The customer and terminal columns of any number of queries, vectorized (batch mode; several online)."""
+    marks = _marks(p)
+    r_cust, q_cust, n_cust = _codes(reference.customer, queries.customer)
+    r_term, q_term, n_term = _codes(reference.terminal, queries.terminal)
+    fraud = np.where(np.isnan(reference.label), 0.0, reference.label)  # an unknown label counts as not fraud
+    feats = _customer_features(reference, queries, fraud, r_cust, q_cust, n_cust, marks.customer)
+    feats["terminal_new_to_customer"] = _new_to_customer(reference.ts, queries.ts, r_cust * n_term + r_term,
+                                                         q_cust * n_term + q_term, marks.pair)
+    return feats | _terminal_features(reference, queries, fraud, r_term, q_term, n_term, marks.terminal)
+
+
+def _one_query(reference: Rows, queries: Rows, p: FeatureParams) -> dict[str, float]:
+    """:func:`_window_features` of a single query, row by row in plain Python.
+
+    An online request is one query against ~100 rows, where the vectorized path's cost is its ~150 numpy
+    calls (1-5 us each, whatever their size). This is the same arithmetic on the same rows in the same order
+    (a card's centre summed in reference order, running sums in time order, ties kept in reference order), so
+    it gives the same bits; ``tests/unit/test_online_speed_paths.py`` compares the two on random cases.
+    """
+    t, amount = int(queries.ts[0]), float(queries.amount[0])
+    customer, terminal = queries.customer[0], queries.terminal[0]
+    ts, amounts, labels = reference.ts.tolist(), reference.amount.tolist(), reference.label.tolist()
+    frauds = [0.0 if v != v else v for v in labels]  # an unknown (NaN) label counts as not fraud
+    mine = list(compress(count(), map(customer.__eq__, reference.customer)))  # the card's rows, reference order
+    total = 0.0
+    for i in mine:
+        total += amounts[i]
+    centre = total / max(len(mine), 1)  # np.bincount's sum: in reference order, from 0
+    mine.sort(key=ts.__getitem__)  # stable: rows of one second keep their reference order
+    c_ts, c_amounts, c_frauds = [ts[i] for i in mine], [amounts[i] for i in mine], [frauds[i] for i in mine]
+    shifted = [a - centre for a in c_amounts]
+    up1, up2, upf = ([0.0, *accumulate(v)] for v in (shifted, [s * s for s in shifted], c_frauds))
+    feats: dict[str, float] = {}
+
+    def first_at(seconds_before: int, times: list[int] = c_ts) -> int:
+        return bisect_left(times, t - seconds_before)
+
+    now, means, stds = first_at(0), [], []
+    for (count_c, mean_c, std_c), w in zip(_CUSTOMER_COLUMNS, CUSTOMER_WINDOWS_DAYS, strict=True):
+        lo = first_at(w * DAY_S)
+        n = float(now - lo)
+        div = max(n, 1.0)
+        offset = (up1[now] - up1[lo]) / div
+        mean = centre + offset if n > 0 else 0.0
+        var = (up2[now] - up2[lo]) / div - offset * offset
+        std = math.sqrt(var) if n >= 2 and var > 1e-10 * max(mean * mean, 1.0) else 0.0
+        feats[count_c], feats[mean_c], feats[std_c] = n, mean, std
+        means.append(mean)
+        stds.append(std)
+    mean_long, std_long = means[_LONGEST], stds[_LONGEST]
+    feats["amount_to_customer_mean"] = amount / mean_long if mean_long > 0 else NO_HISTORY
+    since = first_at(lookback_days(p) * DAY_S)
+    feats["seconds_since_previous"] = float(t - c_ts[now - 1]) if now > since else NO_HISTORY
+    feats["customer_count_burst"] = float(now - first_at(p.burst_window_seconds))
+    spread = max(std_long, Z_FLOOR_SHARE * abs(mean_long))
+    feats["amount_zscore_30d"] = (amount - mean_long) / spread if spread > 0 else 0.0
+    lo = first_at(max(CUSTOMER_WINDOWS_DAYS) * DAY_S)
+    long_max = max(c_amounts[lo:now]) if now > lo else 0.0
+    feats["amount_to_customer_max_30d"] = amount / long_max if long_max > 0 else NO_HISTORY
+    delay = p.label_delay_days * DAY_S
+    lo, hi = first_at(delay + max(TERMINAL_WINDOWS_DAYS) * DAY_S), first_at(delay)
+    known = upf[hi] - upf[lo]
+    feats["card_known_frauds"], feats["card_known_fraud_rate"] = known, known / max(float(hi - lo), 1.0)
+    latest = next((j for j in range(hi - 1, lo - 1, -1) if c_frauds[j] > 0), -1)
+    feats["card_days_since_known_fraud"] = (t - c_ts[latest]) / DAY_S if latest >= 0 else NO_HISTORY
+
+    start = t - p.new_terminal_days * DAY_S
+    used = any(reference.terminal[i] == terminal and start <= ts[i] < t for i in mine)
+    feats["terminal_new_to_customer"] = 0.0 if used else 1.0
+
+    there = list(compress(count(), map(terminal.__eq__, reference.terminal)))
+    there.sort(key=ts.__getitem__)
+    t_ts = [ts[i] for i in there]
+    upt = [0.0, *accumulate(frauds[i] for i in there)]
+    hi = first_at(delay, t_ts)
+    for (count_c, rate_c), w in zip(_TERMINAL_COLUMNS, TERMINAL_WINDOWS_DAYS, strict=True):
+        lo = first_at(delay + w * DAY_S, t_ts)
+        n = float(hi - lo)
+        feats[count_c], feats[rate_c] = n, (upt[hi] - upt[lo]) / max(n, 1.0)
+    feats["terminal_count_recent_1d"] = float(first_at(0, t_ts) - first_at(DAY_S, t_ts))
+    return feats
+
+
+def _customer_features(reference: Rows, queries: Rows, fraud: np.ndarray, r_cust: np.ndarray, q_cust: np.ndarray,
+                       width: int, marks: np.ndarray) -> dict[str, np.ndarray]:
     """Per customer (card): windows of its own past amounts, its amount habit and its label history."""
-    q_ts, r_ts, amount = queries.ts, reference.ts, queries.amount
+    q_ts, amount = queries.ts, queries.amount
     nq = len(q_ts)
     feats: dict[str, np.ndarray] = {}
     # Sums of amounts shifted by each card's own mean: a variance taken as E[x^2] - E[x]^2 of raw amounts loses
     # ~1e-10 on a card whose amounts barely vary (a 7-day std of 0.02 on amounts near 94 came out 1e-9 apart in
     # the two modes); around the card's mean the same sums keep ~1e-16 of the spread, whichever rows each mode has.
-    width = int(max(r_cust.max(initial=-1), q_cust.max(initial=-1))) + 1
-    counts = np.bincount(r_cust, minlength=width)
-    centre = np.divide(np.bincount(r_cust, weights=reference.amount, minlength=width), counts,
-                       out=np.zeros(width), where=counts > 0)
-    shifted = reference.amount - centre[r_cust]
-    fraud = np.nan_to_num(reference.label, nan=0.0)
-    cust = _Index(r_cust, r_ts, {"amount": shifted, "amount2": shifted ** 2}, q_cust,
-                  rows={"amount": reference.amount, "fraud": fraud, "ts": r_ts})
-    # All windows at once: row i of a (windows x queries) array is window i (fewer, larger numpy calls).
-    windows = np.asarray(CUSTOMER_WINDOWS_DAYS, np.int64)[:, None] * DAY_S
-    keys = np.broadcast_to(q_cust, (len(windows), nq)).ravel()
-    lo, hi = cust.bounds(keys, (q_ts - windows).ravel(), np.broadcast_to(q_ts, (len(windows), nq)).ravel())
-    n = (hi - lo).astype(np.float64)
-    s1, s2 = cust.window_sum("amount", lo, hi), cust.window_sum("amount2", lo, hi)
-    offset = np.divide(s1, n, out=np.zeros_like(s1), where=n > 0)  # the window's mean minus the card's centre
-    mean = np.where(n > 0, centre[keys] + offset, 0.0)
-    var = np.divide(s2, n, out=np.zeros_like(s2), where=n > 0) - offset ** 2
+    centre = (np.bincount(r_cust, weights=reference.amount, minlength=width)
+              / np.maximum(np.bincount(r_cust, minlength=width), 1))
+    cust = _Index(r_cust, reference.ts, q_cust, width)
+    amounts, frauds = reference.amount[cust.order], fraud[cust.order]
+    shifted = amounts - centre[cust.key]
+    cust.add_sums(shifted, shifted ** 2, frauds)
+    # Every bound with one search: row i of ``at`` is the first row at or after ``q_ts - marks[i]`` (see _marks):
+    # the windows, then the card's label history (it ends label_delay_days back).
+    at = cust.first_at(q_cust, q_ts, marks)
+    lo, hi, now, burst, horizon = at[:_K + 1], at[_CUSTOMER_ENDS], at[_K + 1], at[_K + 3], at[_K + 4]
+    n = np.subtract(hi, lo, dtype=np.float64)
+    sums = cust.window_sums(lo, hi)
+    count = np.maximum(n[:_K], 1.0)
+    offset = sums[:_K, :, 0] / count  # the window's mean minus the card's centre (0 where empty)
+    mean = np.where(n[:_K] > 0, centre[q_cust] + offset, 0.0)
+    var = sums[:_K, :, 1] / count - offset ** 2
     # Running sums leave ~1e-12 of noise in a variance; below that it is zero (sqrt would magnify it).
-    var = np.where((n >= 2) & (var > 1e-10 * np.maximum(mean ** 2, 1.0)), var, 0.0)
-    n, mean, std = n.reshape(-1, nq), mean.reshape(-1, nq), np.sqrt(var).reshape(-1, nq)
-    for i, w in enumerate(CUSTOMER_WINDOWS_DAYS):
-        feats[f"customer_count_{w}d"] = n[i]
-        feats[f"customer_mean_amount_{w}d"] = mean[i]
-        feats[f"customer_std_amount_{w}d"] = std[i]
-    longest = int(np.argmax(CUSTOMER_WINDOWS_DAYS))
-    mean_long, std_long = mean[longest], std[longest]
+    std = np.sqrt(var, out=np.zeros_like(var), where=(n[:_K] >= 2) & (var > 1e-10 * np.maximum(mean ** 2, 1.0)))
+    for i, names in enumerate(_CUSTOMER_COLUMNS):
+        feats |= zip(names, (n[i], mean[i], std[i]), strict=True)
+    mean_long, std_long = mean[_LONGEST], std[_LONGEST]
     feats["amount_to_customer_mean"] = np.divide(amount, mean_long, out=np.full(nq, NO_HISTORY), where=mean_long > 0)
     # Like every other feature, the previous transaction is looked for within the lookback only: what a store
     # holding the last lookback_days returns, whatever longer history a batch run happens to have.
-    feats["seconds_since_previous"] = cust.previous(q_cust, q_ts, lookback_days(p) * DAY_S)
-    lo, hi = cust.bounds(q_cust, q_ts - p.burst_window_seconds, q_ts)
-    feats["customer_count_burst"] = (hi - lo).astype(np.float64)
+    feats["seconds_since_previous"] = np.where(now > horizon, q_ts - cust.ts_pad[now - 1], NO_HISTORY)
+    feats["customer_count_burst"] = np.subtract(now, burst, dtype=np.float64)
 
     # Amount against the card's habit: z-score against its 30-day mean and deviation, ratio to its 30-day max.
     # The deviation is floored at 1% of the card's mean: a card whose amounts barely vary (a subscription) would
     # otherwise divide by a near-zero std, whose last digits differ between the two modes (z = 489 +- 1e-9).
     spread = np.maximum(std_long, Z_FLOOR_SHARE * np.abs(mean_long))
     feats["amount_zscore_30d"] = np.divide(amount - mean_long, spread, out=np.zeros(nq), where=spread > 0)
-    lo, hi = cust.bounds(q_cust, q_ts - max(CUSTOMER_WINDOWS_DAYS) * DAY_S, q_ts)
-    long_max = _Segments.of(lo, hi).reduce(np.maximum, cust.rows["amount"], 0.0)
+    long_max = _window_max(amounts, lo[_LONGEST], now)
     feats["amount_to_customer_max_30d"] = np.divide(amount, long_max, out=np.full(nq, NO_HISTORY),
                                                     where=long_max > 0)
     # The card's own label history: its transactions of the longest window ending label_delay_days back (labels
-    # younger than the delay are never read).
-    delay = p.label_delay_days * DAY_S
-    lo, hi = cust.bounds(q_cust, q_ts - delay - max(TERMINAL_WINDOWS_DAYS) * DAY_S, q_ts - delay)
-    seg = _Segments.of(lo, hi)
-    known = seg.reduce(np.add, cust.rows["fraud"], 0.0)
+    # younger than the delay are never read). Frauds are whole numbers, so their running sums are exact.
+    known = sums[_K, :, 2]
     feats["card_known_frauds"] = known
-    feats["card_known_fraud_rate"] = np.divide(known, seg.n.astype(np.float64), out=np.zeros(nq), where=seg.n > 0)
-    last = seg.reduce(np.maximum, np.where(cust.rows["fraud"] > 0, cust.rows["ts"], -1).astype(np.float64), -1.0)
-    feats["card_days_since_known_fraud"] = np.where(last >= 0, (q_ts - last) / DAY_S, NO_HISTORY)
+    feats["card_known_fraud_rate"] = known / np.maximum(n[_K], 1.0)
+    # The latest fraud before each row (its position, -1 if none) is in the window if at or after its start.
+    latest = np.maximum.accumulate(np.concatenate(([-1], np.where(frauds > 0, np.arange(cust.n), -1))))[hi[_K]]
+    feats["card_days_since_known_fraud"] = np.where(latest >= lo[_K], (q_ts - cust.ts_pad[latest]) / DAY_S,
+                                                    NO_HISTORY)
     return feats
 
 
-def _new_to_customer(r_ts: np.ndarray, q_ts: np.ndarray, r_cust: np.ndarray, q_cust: np.ndarray, r_term: np.ndarray,
-                     q_term: np.ndarray, p: FeatureParams) -> np.ndarray:
-    """Whether each query's terminal is new to its customer (unused by them in ``new_terminal_days``)."""
-    # A (customer, terminal) pair as one integer, then renumbered densely (key * 2**33 must fit in int64).
-    width = np.int64(max(int(r_term.max(initial=-1)), int(q_term.max(initial=-1))) + 1)
-    _, pairs = np.unique(np.concatenate([r_cust * width + r_term, q_cust * width + q_term]), return_inverse=True)
-    pairs = pairs.astype(np.int64)
-    pair = _Index(pairs[: len(r_ts)], r_ts, {}, pairs[len(r_ts):])
-    lo, hi = pair.bounds(pairs[len(r_ts):], q_ts - p.new_terminal_days * DAY_S, q_ts)
-    return (hi == lo).astype(np.float64)
+def _new_to_customer(r_ts: np.ndarray, q_ts: np.ndarray, r_pair: np.ndarray, q_pair: np.ndarray, marks: np.ndarray
+                     ) -> np.ndarray:
+    """Whether each query's terminal is new to its customer (no row of the (customer, terminal) pair, one integer,
+    in ``new_terminal_days``)."""
+    width = 0
+    if len(q_ts) > 1:  # renumbered densely (key * 2**33 must fit in int64); one query's index only compares pairs
+        uniques, pairs = np.unique(np.concatenate([r_pair, q_pair]), return_inverse=True)
+        r_pair, q_pair, width = pairs[: len(r_ts)].astype(np.int64), pairs[len(r_ts):].astype(np.int64), len(uniques)
+    at = _Index(r_pair, r_ts, q_pair, width).first_at(q_pair, q_ts, marks)
+    return (at[0] == at[1]).astype(np.float64)
 
 
-def _terminal_features(reference: Rows, queries: Rows, r_term: np.ndarray, q_term: np.ndarray, p: FeatureParams
-                       ) -> dict[str, np.ndarray]:
+def _terminal_features(reference: Rows, queries: Rows, fraud: np.ndarray, r_term: np.ndarray, q_term: np.ndarray,
+                       width: int, marks: np.ndarray) -> dict[str, np.ndarray]:
     """Per terminal: known fraud rates (the label delay honoured) and the count of the last day."""
-    q_ts, r_ts = queries.ts, reference.ts
-    nq = len(q_ts)
     feats: dict[str, np.ndarray] = {}
-    term = _Index(r_term, r_ts, {"fraud": np.nan_to_num(reference.label, nan=0.0)}, q_term)
-    delay = p.label_delay_days * DAY_S
-    windows = np.asarray(TERMINAL_WINDOWS_DAYS, np.int64)[:, None] * DAY_S
-    keys = np.broadcast_to(q_term, (len(windows), nq)).ravel()
-    lo, hi = term.bounds(keys, (q_ts - delay - windows).ravel(),
-                         np.broadcast_to(q_ts - delay, (len(windows), nq)).ravel())
-    n = (hi - lo).astype(np.float64)
-    rate = np.divide(term.window_sum("fraud", lo, hi), n, out=np.zeros_like(n), where=n > 0)
-    n, rate = n.reshape(-1, nq), rate.reshape(-1, nq)
-    for i, w in enumerate(TERMINAL_WINDOWS_DAYS):
-        feats[f"terminal_count_{w}d"] = n[i]
-        feats[f"terminal_fraud_rate_{w}d"] = rate[i]
-    lo, hi = term.bounds(q_term, q_ts - DAY_S, q_ts)
-    feats["terminal_count_recent_1d"] = (hi - lo).astype(np.float64)
+    term = _Index(r_term, reference.ts, q_term, width)
+    term.add_sums(fraud[term.order])
+    # Row i of ``at``: the first row at or after ``q_ts - marks[i]``; the fraud windows end label_delay_days back.
+    at = term.first_at(q_term, queries.ts, marks)
+    k = len(TERMINAL_WINDOWS_DAYS)
+    lo, hi = at[:k], at[_TERMINAL_ENDS]
+    n = np.subtract(hi, lo, dtype=np.float64)
+    rate = term.window_sums(lo, hi)[..., 0] / np.maximum(n, 1.0)  # 0 where empty
+    for i, names in enumerate(_TERMINAL_COLUMNS):
+        feats |= zip(names, (n[i], rate[i]), strict=True)
+    feats["terminal_count_recent_1d"] = np.subtract(at[k + 1], at[k + 2], dtype=np.float64)
     return feats
 
 
@@ -410,7 +551,7 @@ class Incoming(NamedTuple):
         parsed = [timestamp_parts(tx["tx_datetime"]) for tx in transactions]
         n = len(transactions)
         rows = Rows(np.fromiter((t[0] for t in parsed), np.int64, n),
-                    [tx["customer_id"] for tx in transactions], [tx["terminal_id"] for tx in transactions],
+                    [str(tx["customer_id"]) for tx in transactions], [str(tx["terminal_id"]) for tx in transactions],
                     np.fromiter((float(tx["amount"]) for tx in transactions), np.float64, n), np.full(n, np.nan))
         return cls(rows, np.fromiter((t[1] for t in parsed), np.int64, n),
                    np.fromiter((t[2] for t in parsed), np.int64, n))

@@ -1,0 +1,137 @@
+"""The online fast paths: the one-query kernel equals the vectorized features, and the store's covering indexes."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fraud_assets.core import features as F
+from fraud_assets.params import load_params
+
+P = load_params().features
+T0 = 1_740_000_000  # 2025-02-19: the queries' second; the history reaches up to 45 days before it
+MAX_AMOUNT = load_params().data.max_amount
+
+
+def _history(rng: np.random.Generator, n: int, cards: int, terminals: int, now: int = T0) -> F.Rows:
+    """Random past rows: ties at one second (``now`` too), unknown (NaN) labels, amounts from 0 to the maximum or
+    nearly equal."""
+    ts = now - rng.integers(0, int(rng.choice([3_600, 10 * F.DAY_S, 45 * F.DAY_S])) + 1, n)
+    if n and rng.random() < 0.5:
+        ts[rng.integers(0, n, n // 3 + 1)] = rng.choice([ts[0], now])  # many rows in one second, maybe the query's
+    amounts = [rng.uniform(0, MAX_AMOUNT, n), np.round(rng.uniform(0, 300, n), 2),
+               94.0 + 0.01 * rng.integers(0, 3, n),  # a card whose amounts barely vary: the variance floor
+               rng.choice([0.0, 0.01, MAX_AMOUNT, MAX_AMOUNT - 0.01], n)][rng.integers(0, 4)]
+    labels = rng.integers(0, 2, n).astype(np.float64)
+    labels[rng.random(n) < 0.3] = np.nan
+    return F.Rows(ts.astype(np.int64), [f"C{c}" for c in rng.integers(0, cards, n)],
+                  [f"T{t}" for t in rng.integers(0, terminals, n)], amounts.astype(np.float64), labels)
+
+
+def _query(rng: np.random.Generator, cards: int, terminals: int) -> F.Rows:
+    """One incoming transaction at T0, maybe of a card or at a terminal the history has never seen."""
+    return F.Rows(np.array([T0], np.int64), [f"C{rng.integers(0, cards + 1)}"], [f"T{rng.integers(0, terminals + 1)}"],
+                  np.array([rng.choice([0.0, 0.01, 42.0, MAX_AMOUNT])]), np.full(1, np.nan))
+
+
+def test_the_one_query_kernel_equals_the_vectorized_features_on_random_cases() -> None:
+    rng = np.random.default_rng(20250219)
+    seen = {"empty history": 0, "new terminal": 0, "known terminal": 0, "known fraud": 0, "std": 0, "tie": 0}
+    for case in range(600):
+        cards, terminals = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        history = _history(rng, int(rng.choice([0, 1, 2, 8, 40, 200])), cards, terminals)
+        query = _query(rng, cards, terminals)
+        # Online mode puts the incoming row in the reference; a caller may not.
+        reference = F.Rows.concat([history, query]) if rng.random() < 0.8 else history
+        kernel = F._one_query(reference, query, P)
+        vectorized = F._window_features(reference, query, P)
+        assert set(kernel) == set(vectorized) == set(F.FEATURE_COLUMNS) - set(F.TX_FEATURES)
+        for column, value in kernel.items():
+            gap = abs(value - float(vectorized[column][0]))
+            assert gap <= 1e-9, f"case {case}, {column}: kernel {value} vs vectorized {vectorized[column][0]}"
+        seen["empty history"] += len(history.ts) == 0
+        seen["new terminal" if kernel["terminal_new_to_customer"] else "known terminal"] += 1
+        seen["known fraud"] += kernel["card_days_since_known_fraud"] != F.NO_HISTORY
+        seen["std"] += kernel["customer_std_amount_30d"] > 0
+        seen["tie"] += bool(np.any(history.ts == query.ts[0]))
+    assert min(seen.values()) >= 10, seen  # every situation the kernel must get right came up
+
+
+def test_one_query_takes_the_kernel_and_equals_its_row_among_several_queries(monkeypatch: pytest.MonkeyPatch
+                                                                             ) -> None:
+    rng = np.random.default_rng(7)
+    history = _history(rng, 300, 4, 4)
+    queries = F.Rows.concat([_query(rng, 4, 4) for _ in range(3)])
+    hour, weekday = np.array([2, 13, 23]), np.array([0, 5, 6])
+    together = F.feature_values(history, queries, hour, weekday, P)  # several queries: vectorized
+    calls = []
+    monkeypatch.setattr(F, "_window_features", lambda *a: calls.append(a) or pytest.fail("vectorized path taken"))
+    for i in range(3):
+        one = F.Rows(queries.ts[i:i + 1], queries.customer[i:i + 1], queries.terminal[i:i + 1],
+                     queries.amount[i:i + 1], queries.label[i:i + 1])
+        alone = F.feature_values(history, one, hour[i:i + 1], weekday[i:i + 1], P)
+        assert alone.shape == (1, len(F.FEATURE_COLUMNS)) and alone.dtype == np.float64
+        assert np.abs(alone[0] - together[i]).max() <= 1e-9
+    assert not calls
+
+
+def _old_store(path: Path, rows: list[tuple]) -> None:
+    """A store as made before the covering indexes (the schema of then), with ``rows``."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript("""
+            CREATE TABLE transactions (transaction_id TEXT PRIMARY KEY, ts INTEGER NOT NULL, customer_id TEXT NOT NULL,
+                terminal_id TEXT NOT NULL, amount REAL NOT NULL, is_fraud INTEGER);
+            CREATE INDEX transactions_customer ON transactions (customer_id, ts);
+            CREATE INDEX transactions_terminal ON transactions (terminal_id, ts);""")
+        conn.executemany("INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
+def _schema_version(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("PRAGMA schema_version").fetchone()[0])
+
+
+def test_an_old_store_gets_the_covering_indexes_and_reads_the_same_rows(tmp_path: Path) -> None:
+    from fraud_assets.adapters.online_store import SqliteTransactionStore
+
+    path = tmp_path / "store.sqlite"
+    _old_store(path, [("t0", 100, "A", "T1", 1.0, 0), ("t1", 200, "A", "T2", 2.0, 1), ("t2", 200, "B", "T1", 3.0, None),
+                      ("t3", 300, "B", "T1", 4.0, 0), ("t4", 400, "A", "T1", 5.0, 1), ("t5", 500, "C", "T3", 6.0, 0)])
+    before = _schema_version(path)
+    store = SqliteTransactionStore(path)
+    migrated = _schema_version(path)
+    with sqlite3.connect(path) as conn:
+        indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        plan = " ".join(r[-1] for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
+            "WHERE customer_id IN (?) AND ts >= ? AND ts < ? UNION ALL "
+            "SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
+            "WHERE terminal_id IN (?) AND ts >= ? AND ts < ? AND customer_id NOT IN (?)", ["A", 0, 1, "T1", 0, 1, "A"]))
+    assert indexes == {"sqlite_autoindex_transactions_1", "transactions_customer_covering",
+                       "transactions_terminal_covering"}
+    assert plan.count("COVERING INDEX") == 2, plan  # both halves of the read come from an index alone
+    rows = store.history(["A"], ["T1"], 100, 500)  # A's rows, then T1's of other customers
+    assert rows.ts.tolist() == [100, 200, 400, 200, 300] and list(rows.customer) == ["A", "A", "A", "B", "B"]
+    assert list(rows.terminal) == ["T1", "T2", "T1", "T1", "T1"] and rows.amount.tolist() == [1.0, 2.0, 5.0, 3.0, 4.0]
+    np.testing.assert_array_equal(rows.label, [0.0, 1.0, 1.0, np.nan, 0.0])  # a NULL label is NaN
+    assert SqliteTransactionStore(path).count() == 6
+    assert before < migrated == _schema_version(path)  # migrated once; opening it again changes nothing
+
+
+def test_a_chunked_history_read_returns_each_row_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fraud_assets.adapters import online_store as store_module
+
+    _old_store(tmp_path / "store.sqlite", [(f"t{i}", 1000 + i, f"C{i % 7}", f"T{i % 5}", float(i), i % 3 == 0)
+                                           for i in range(40)])
+    store = store_module.SqliteTransactionStore(tmp_path / "store.sqlite")
+    customers, terminals = [f"C{i}" for i in range(4)], ["T0", "T1", "T2"]
+    one_read = store.history(customers, terminals, 1000, 1040)
+    monkeypatch.setattr(store_module, "_FEW_KEYS", 2)
+    chunked = store.history(customers, terminals, 1000, 1040)
+    expected = sorted(i for i in range(40) if f"C{i % 7}" in customers or f"T{i % 5}" in terminals)
+    assert sorted(chunked.ts.tolist()) == [1000 + i for i in expected]  # every row once (one ts per row here)
+    assert sorted(zip(chunked.ts.tolist(), chunked.customer, chunked.terminal, chunked.label.tolist(), strict=True)) \
+        == sorted(zip(one_read.ts.tolist(), one_read.customer, one_read.terminal, one_read.label.tolist(), strict=True))
