@@ -56,7 +56,7 @@ up: bootstrap  ## Dagster UI :3000, MLflow UI :5000, model :8000, all on 127.0.0
 down:  ## stop what `make up` started (when it was not stopped with Ctrl-C)
 	bash scripts/down.sh
 
-bench-serving: install  ## raw XGBoost vs bare FastAPI+uvicorn vs the Ray Serve service, side by side
+bench-serving: install  ## bank-size serving benchmark: a bare FastAPI process vs `fraud serve`, ratios (needs wrk)
 	$(BIN)/python benchmarks/bench_serving.py
 
 clean: down  ## remove all runtime state (Dagster home, MLflow store, DVC remote, logs)
