@@ -18,14 +18,15 @@ header equal to ``$FRAUD_API_KEY`` in the replica's environment (or, for ``/aler
 On a local cluster Ray's workers inherit the environment of the process that started Ray;
 on a remote cluster put the key into the cluster's environment (not into serve_config.yaml).
 
-Each replica follows the alias: every ``serve.reload_interval_s`` it resolves it and, when it moved, loads
-the new version in a thread, scores a warm-up row and only then swaps it in with one reference assignment;
-when the new version fails to load or to warm up, the old one keeps serving, the reason is logged and
-``/ready`` reports it. Every answer names the version that scored it. With several replicas each swaps on
-its own schedule, so for up to one reload interval two replicas may answer with different versions.
-A version's features are built with the knobs it was trained with (its ``feature_definition`` tag), never with
-the replica's ``params.yaml``; a version without one, or with one this code cannot build, is refused like a
-corrupt one.
+Each replica follows the alias: every ``serve.reload_interval_s`` it resolves it and, when it moved, loads the new
+version in a thread, scores a warm-up row and only then swaps it in with one reference assignment; when the new
+version fails to load or to warm up, the old one keeps serving, the reason is logged and ``/ready`` reports it; a
+refused version is tried again after a backoff doubling from twice the interval up to 5 minutes
+(:mod:`serving.refusals`), not downloaded every interval. Every answer names the version that scored it. With
+several replicas each swaps on its own schedule, so for up to one reload interval two replicas may answer with
+different versions. A version's features are built with the knobs it was trained with (its ``feature_definition``
+tag), never with the replica's ``params.yaml``; a version without one, or with one this code cannot build, is
+refused like a corrupt one.
 
 Features come from the online store (:mod:`fraud_assets.adapters.online_store`; a SQLite file in the state folder by
 default, seeded from the snapshots by the ``online_store`` asset): each transaction is described from the
@@ -47,6 +48,7 @@ import asyncio
 import gc
 import logging
 import os
+import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -80,6 +82,7 @@ from serving.api import (
     request_types,
 )
 from serving.guard import Guard, GuardConfig, Metrics
+from serving.refusals import RefusalMemory
 
 if TYPE_CHECKING:  # the driver that builds the app never loads the model stack (mlflow, xgboost, sklearn: ~120 MB);
     # the replica imports it where it is used (Serve ships FraudScorer to the replica by value)
@@ -196,6 +199,11 @@ def _day(text: str | None) -> date | None:
                                        "msg": "day must be a calendar date YYYY-MM-DD"}]) from None
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error as ``/ready`` shows it: its first line, at most 300 characters (no native stack trace)."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
 def _json(content: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status_code, media_type=JSON)
 
@@ -258,6 +266,7 @@ class FraudScorer:
         self._num_threads = num_threads
         self._reasons: Literal["alerts", "all"] = reasons
         self._reload_interval_s = reload_interval_s
+        self._refusals = RefusalMemory(reload_interval_s, max(300.0, reload_interval_s))
         self._log = PredictionLog(prediction_log, on_drop=self._metrics.log_dropped.inc)
         self._store: TransactionStore = open_store(online_store)
         self._label_sinks: list[LabelSink] = [self._log, _StoreLabels(self._store)]
@@ -392,7 +401,7 @@ class FraudScorer:
             try:
                 await self._sync_with_alias()
             except Exception as exc:  # the serving version (if any) keeps serving; /ready reports the error
-                self._error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]  # no native stack trace
+                self._error = _one_line(exc)
                 self._metrics.model_load_failures.inc()
                 logger.exception("refused %s@%s; still serving %s", self._model_name, self._alias,
                                  self._predictor.version if self._predictor else "nothing")
@@ -407,12 +416,20 @@ class FraudScorer:
         current = self._predictor
         if current is not None and current.version == str(mv.version):
             self._error = None  # the alias came back to the serving version after a failed move
+            self._refusals.forget()
+            return
+        waiting = self._refusals.waiting(str(mv.version), time.monotonic())
+        if waiting is not None:  # refused before: not downloaded again until its backoff is over
+            self._error = waiting.error
             return
         try:
             candidate = await asyncio.to_thread(self._load_and_warm_up, str(mv.version))
-        except Exception as exc:  # retried every interval: a transient failure heals on its own
-            raise RuntimeError(f"v{mv.version} refused: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # retried after a backoff: a transient failure heals on its own
+            refusal = RuntimeError(f"v{mv.version} refused: {type(exc).__name__}: {exc}")
+            self._refusals.refused(str(mv.version), _one_line(refusal), time.monotonic())
+            raise refusal from exc
         self._predictor, self._error = candidate, None
+        self._refusals.forget()
         # What is alive now (model, store connection, imported modules) lives as long as the replica: keep it out
         # of the cyclic collector, whose full passes over it cost a 10,000-row batch up to 100 ms on this machine.
         gc.collect()  # what the old version left behind goes first, so it is not frozen with the new one

@@ -452,9 +452,20 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(http: httpx.C
         assert f"v{broken} refused" in body["error"] and body["model_version"] == served.version
         assert http.post("/predict", json=TX).json()["model_version"] == served.version
         assert "Traceback" not in body["error"] and "Stack trace" not in body["error"] and "\n" not in body["error"]
+        # Not downloaded again every 0.5 s interval: the next try is due 1 s after the refusal, the one after 2 s later
+        before = _load_failures(http)
+        time.sleep(1.6)
+        assert _load_failures(http) - before <= 1
+        assert f"v{broken} refused" in _wait_for(http, lambda b: b.get("error"))["error"]  # still refused
     finally:
         c.set_registered_model_alias(MODEL, ALIAS, served.version)
     assert _wait_for(http, lambda b: b.get("error") is None)["model_version"] == served.version
+
+
+def _load_failures(http: httpx.Client) -> float:
+    """The replica's count of refused load attempts (its Prometheus counter)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in http.get("/metrics").text.splitlines()
+               if line.startswith("fraud_model_load_failures_total"))
 
 
 def test_the_alias_moves_under_load_without_errors_or_going_back(http: httpx.Client, served: Served) -> None:
