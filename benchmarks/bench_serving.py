@@ -184,12 +184,13 @@ def bench_in_process(folder: Path, traffic: list[dict[str, Any]], n: int) -> dic
     from fraud_assets.params import load_params
     from serving.predictor import Predictor
 
-    p = load_params().features
+    params = load_params()
+    p = params.features
     with tempfile.TemporaryDirectory(prefix="bench-inproc-") as tmp:
         store = SqliteTransactionStore(shutil.copyfile(folder / "store.sqlite", Path(tmp) / "store.sqlite"))
         read_only = OnlineFeatures(store, p, remember=False)
         predictor = Predictor(_loaded_model(folder), OnlineFeatures(store, p, remember=True),
-                              reasons=load_params().serve.reasons)
+                              reasons=params.serve.reasons)
         features, scoring = [], []
         for tx in traffic[:50]:  # warm caches and code paths
             read_only.matrix([tx])

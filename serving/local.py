@@ -94,8 +94,8 @@ def start_serving(tracking_uri: str | None = None, host: str | None = None, port
     host, port = host or s.host, port or s.port
     session = Path(tempfile.mkdtemp(prefix="fraud-serve-"))
     _SESSION_ENV.clear()
-    _SESSION_ENV.update({k: v for k, v in ray_env(s, session).items() if k not in os.environ}, FRAUD_SERVE_SESSION=str(
-        session))
+    _SESSION_ENV.update({k: v for k, v in ray_env(s, session).items() if k not in os.environ})  # explicit ones win
+    _SESSION_ENV["FRAUD_SERVE_SESSION"] = str(session)
     os.environ.update(_SESSION_ENV)  # read by Ray's controller and replicas, which inherit this environment
     # Ray's workers inherit this process's environment (FRAUD_API_KEY included) on a local cluster.
     # The console shows errors only: no start-up banners, no token-auth notice (it stays on), no C++ retry notes

@@ -26,7 +26,7 @@ from fraud_assets.core.train import predict
 from fraud_assets.params import load_params
 from serving.app import AppArgs
 from serving.local import start_serving, stop_serving
-from tests.serving.test_serving_http import _free_port, _register, _trained_booster
+from tests.serving.test_serving_http import _free_port, _metric, _register, _trained_booster
 
 pytestmark = pytest.mark.slow
 
@@ -116,6 +116,4 @@ def test_it_needs_the_key_scores_like_batch_mode_on_both_replicas(served: dict) 
 
 def _predictions(port: int) -> float:
     """How many transactions the replica on ``port`` scored (its own Prometheus counter)."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("fraud_predictions_total"))
+    return _metric(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text, "fraud_predictions_total")

@@ -462,10 +462,14 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(http: httpx.C
     assert _wait_for(http, lambda b: b.get("error") is None)["model_version"] == served.version
 
 
+def _metric(metrics_text: str, name: str) -> float:
+    """The sum of a Prometheus metric's samples (every label set) in a replica's ``/metrics`` text."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines() if line.startswith(name))
+
+
 def _load_failures(http: httpx.Client) -> float:
     """The replica's count of refused load attempts (its Prometheus counter)."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in http.get("/metrics").text.splitlines()
-               if line.startswith("fraud_model_load_failures_total"))
+    return _metric(http.get("/metrics").text, "fraud_model_load_failures_total")
 
 
 def test_the_alias_moves_under_load_without_errors_or_going_back(http: httpx.Client, served: Served) -> None:
