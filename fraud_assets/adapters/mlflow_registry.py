@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 import mlflow
 import xgboost as xgb
+from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -131,16 +134,27 @@ def log_booster(booster: xgb.Booster, run_id: str, tracking_uri: str) -> str:
     return info.model_uri
 
 
+def _logged_model_id(model_uri: str) -> str | None:
+    """The logged model's id in a ``models:/<model_id>`` URI (what :func:`log_booster` returns), else None."""
+    found = re.fullmatch(r"models:/(m-[0-9a-f]+)", model_uri)
+    return found.group(1) if found else None
+
+
 def register_version(client: MlflowClient, model_name: str, model_uri: str, run_id: str,
                      tags: Mapping[str, str]) -> ModelVersion:
-    """Register ``model_uri`` as a new version of ``model_name`` with ``tags``."""
+    """Register ``model_uri`` as a new version of ``model_name`` with ``tags``.
+
+    A logged model's URI goes with its id, as ``mlflow.register_model`` sends it: a tracking server checks
+    the source against the logged model, and refuses a ``models:/<model_id>`` source checked against the run.
+    """
     try:
         client.create_registered_model(model_name)
     except MlflowException as exc:
         if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
             raise
     return client.create_model_version(model_name, source=model_uri, run_id=run_id,
-                                       tags={k: str(v) for k, v in tags.items()})
+                                       tags={k: str(v) for k, v in tags.items()},
+                                       model_id=_logged_model_id(model_uri))
 
 
 def alias_version(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
@@ -227,17 +241,63 @@ def load_alias(client: MlflowClient, model_name: str, alias: str, n_threads: int
     return load_version(client, model_name, str(mv.version), n_threads=n_threads)
 
 
+def _events_name(model_name: str) -> str:
+    return f"{model_name}-alias-events"
+
+
 def _events_experiment(client: MlflowClient, model_name: str) -> str:
-    exp = client.get_experiment_by_name(f"{model_name}-alias-events")
+    exp = client.get_experiment_by_name(_events_name(model_name))
     if exp is not None:
         return exp.experiment_id
     try:
-        return client.create_experiment(f"{model_name}-alias-events")
+        return client.create_experiment(_events_name(model_name))
     except MlflowException:
-        exp = client.get_experiment_by_name(f"{model_name}-alias-events")
+        exp = client.get_experiment_by_name(_events_name(model_name))
         if exp is None:
             raise
         return exp.experiment_id
+
+
+# A move's run status is its state: RUNNING an intent not yet confirmed, FINISHED a confirmed move (every run
+# written before intents existed is one), KILLED an intent abandoned because the alias never reached its version.
+# Each status change is one write; the ``outcome`` tag a reconciliation adds is a note for people.
+_INTENT, _CONFIRMED, _ABANDONED = "RUNNING", "FINISHED", "KILLED"
+_MOVE_FIELDS = ("version", "previous_version", "actor", "reason", "kind")
+
+
+def _move_runs(client: MlflowClient, model_name: str, alias: str, status: str) -> list[Run]:
+    """The recorded moves of ``alias`` in ``status``, oldest intent first (reads only, never creates)."""
+    exp = client.get_experiment_by_name(_events_name(model_name))
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id],
+                              filter_string=f"tags.alias = '{alias}' and attributes.status = '{status}'",
+                              order_by=["attributes.start_time ASC"], max_results=10_000)
+
+
+def _move_entry(run: Run) -> dict[str, str]:
+    return {"time": str(run.info.start_time), **{k: run.data.tags.get(k, "") for k in _MOVE_FIELDS}}
+
+
+def _record_intent(client: MlflowClient, model_name: str, alias: str, version: str, previous: str | None,
+                   reason: str, actor: str, kind: str) -> str:
+    """Write the intent of a move (a RUNNING run naming from, to, why, who and a move id); return its run id."""
+    tags = {"event": "alias_moved", "model": model_name, "alias": alias, "version": str(version),
+            "previous_version": previous or "", "reason": reason[:4000], "actor": actor, "kind": kind,
+            "move_id": uuid.uuid4().hex}
+    run = client.create_run(_events_experiment(client, model_name), run_name=f"{alias}->v{version}", tags=tags)
+    return run.info.run_id
+
+
+def _confirm_move(client: MlflowClient, run_id: str) -> None:
+    """Confirm the move whose intent is ``run_id``: one write, after the alias was set."""
+    client.set_terminated(run_id, status=_CONFIRMED)
+
+
+def _resolve_move(client: MlflowClient, run_id: str, status: str, outcome: str) -> None:
+    """Settle an unconfirmed intent as confirmed or abandoned, noting why."""
+    client.set_tag(run_id, "outcome", outcome)
+    client.set_terminated(run_id, status=status)
 
 
 def move_alias(client: MlflowClient, model_name: str, alias: str, version: str, reason: str,
@@ -245,30 +305,65 @@ def move_alias(client: MlflowClient, model_name: str, alias: str, version: str, 
     """Point ``alias`` at ``version`` and record the move (who, why, from what) in MLflow itself.
 
     Every move is a run in the experiment ``<model>-alias-events``, so the history lives in the same
-    store as the registry on any backend. Returns the version the alias pointed at before (or None).
+    store as the registry on any backend. It is written in three steps: the intent (a RUNNING run with a
+    ``move_id``), the alias set in the registry, then the confirmation (the run FINISHED); a crash in
+    between leaves an intent that :func:`alias_history` does not show and that the next move resolves
+    first (:func:`reconcile_alias_moves`). Returns the version the alias pointed at before (or None).
     The version passes :func:`check_servable` first, so the alias never points at a version serving would
     refuse (:class:`NotServable` otherwise, and nothing moves).
     """
     check_servable(client, model_name, version)
+    reconcile_alias_moves(client, model_name, alias)
     before = alias_version(client, model_name, alias)
     previous = str(before.version) if before is not None else None
+    run_id = _record_intent(client, model_name, alias, version, previous, reason, actor, kind)
     client.set_registered_model_alias(model_name, alias, version)
-    tags = {"event": "alias_moved", "model": model_name, "alias": alias, "version": str(version),
-            "previous_version": previous or "", "reason": reason[:4000], "actor": actor, "kind": kind}
-    run = client.create_run(_events_experiment(client, model_name), run_name=f"{alias}->v{version}", tags=tags)
-    client.set_terminated(run.info.run_id)
+    _confirm_move(client, run_id)
     return previous
 
 
 def alias_history(client: MlflowClient, model_name: str, alias: str) -> list[dict[str, str]]:
-    """Every recorded move of ``alias``, oldest first: time, version, previous version, actor, reason, kind."""
-    exp = client.get_experiment_by_name(f"{model_name}-alias-events")
-    if exp is None:
+    """Every confirmed move of ``alias``, oldest first: time, version, previous version, actor, reason, kind."""
+    return [_move_entry(r) for r in _move_runs(client, model_name, alias, _CONFIRMED)]
+
+
+def pending_alias_moves(client: MlflowClient, model_name: str, alias: str) -> list[dict[str, str]]:
+    """The intents of ``alias`` not yet confirmed nor abandoned, oldest first: the fields of
+    :func:`alias_history` and the ``move_id``. One that stays here was cut short by a crash or an error."""
+    return [{**_move_entry(r), "move_id": r.data.tags.get("move_id", "")}
+            for r in _move_runs(client, model_name, alias, _INTENT)]
+
+
+def reconcile_alias_moves(client: MlflowClient, model_name: str, alias: str) -> list[dict[str, str]]:
+    """Resolve the unconfirmed intents of ``alias`` by where the alias points now; return them with an ``outcome``.
+
+    Newest first, an intent made after the last confirmed move whose version is where the alias points is
+    confirmed (the crash came after the registry write), and the alias is then traced back to that intent's
+    previous version for the intent before it; every other intent is abandoned. A move another process has in
+    flight at that instant may be judged abandoned; its own confirmation, written after its registry write,
+    overrides that.
+    """
+    pending = _move_runs(client, model_name, alias, _INTENT)
+    if not pending:
         return []
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.alias = '{alias}'",
-                              order_by=["attributes.start_time ASC"], max_results=10_000)
-    return [{"time": str(r.info.start_time), **{k: r.data.tags.get(k, "") for k in
-             ("version", "previous_version", "actor", "reason", "kind")}} for r in runs]
+    confirmed = _move_runs(client, model_name, alias, _CONFIRMED)
+    since = confirmed[-1].info.start_time if confirmed else 0
+    now = alias_version(client, model_name, alias)
+    expected = str(now.version) if now is not None else None
+    resolved: list[dict[str, str]] = []
+    for run in reversed(pending):
+        target = run.data.tags.get("version", "")
+        if expected is not None and target == expected and run.info.start_time >= since:
+            status, outcome = _CONFIRMED, f"confirmed on reconciliation: {alias} points at v{target}"
+            expected = run.data.tags.get("previous_version") or None
+        else:
+            where = f"v{now.version}" if now is not None else "no version"
+            status, outcome = _ABANDONED, f"abandoned on reconciliation: {alias} points at {where}, not v{target}"
+        _resolve_move(client, run.info.run_id, status, outcome)
+        logging.getLogger(__name__).info("%s@%s move %s", model_name, alias, outcome)
+        resolved.append({**_move_entry(run), "move_id": run.data.tags.get("move_id", ""),
+                         "outcome": "confirmed" if status == _CONFIRMED else "abandoned"})
+    return resolved[::-1]
 
 
 def drift_flags(client: MlflowClient, experiment: str = MONITORING_EXPERIMENT, max_runs: int = 120
