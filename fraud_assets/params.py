@@ -28,6 +28,9 @@ from pydantic import (
 from fraud_assets.settings import project_root
 from fraud_assets.windows import lookback_days
 
+# The canonical string id columns (schemas.TransactionModel) that may be tokenized: transaction_id is not, since
+# late labels and every answer are matched by it.
+TOKENIZABLE_COLUMNS = ("customer_id", "terminal_id")
 Month = Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]  # YYYY-MM
 Share = Annotated[float, Field(ge=0, le=1)]
 
@@ -74,6 +77,7 @@ class DataParams(_Strict):
     max_quarantine_share: Share
     max_amount: PositiveFloat
     min_tx_date: date
+    sensitive_columns: tuple[str, ...]
     n_customers: PositiveInt
     n_terminals: PositiveInt
     area_size: PositiveFloat
@@ -93,6 +97,15 @@ class DataParams(_Strict):
         if v[0] <= 0:
             raise ValueError(f"amount_mean_range must be positive, got {list(v)}")
         return _ordered_pair(v, "amount_mean_range")
+
+    @field_validator("sensitive_columns")
+    @classmethod
+    def _tokenizable(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        wrong = [c for c in v if c not in TOKENIZABLE_COLUMNS]
+        if wrong or len(set(v)) < len(v):
+            raise ValueError(f"sensitive_columns: each of {list(TOKENIZABLE_COLUMNS)} at most once (the canonical "
+                             f"string ids that can be tokenized), got {list(v)}")
+        return v
 
 
 class FeatureParams(_Strict):
@@ -193,6 +206,12 @@ class ServeParams(_Strict):
     access_log: bool
     ingress: Literal["haproxy", "proxy"]
     replica_port: int = Field(ge=1024, le=65000)
+    store_timeout_s: PositiveFloat
+    store_retry_s: PositiveFloat
+    max_pending_rows: PositiveInt
+    prediction_log_max_rows: PositiveInt
+    prediction_log_retention_days: PositiveInt
+    metrics_open: bool
 
 
 class MonitorParams(_Strict):

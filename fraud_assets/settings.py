@@ -71,6 +71,26 @@ def online_store_location() -> str:
     return str(Path(env).resolve() if env else state_dir() / "online_store.sqlite")
 
 
+TOKEN_KEY_ENV = "FRAUD_TOKEN_KEY"
+MIN_TOKEN_KEY_BYTES = 16
+
+
+def token_key() -> bytes | None:
+    """The key of id tokens (``core.tokens``): ``$FRAUD_TOKEN_KEY`` as UTF-8 bytes without surrounding whitespace,
+    or None when it is unset or empty (ids are then stored as given). The key is never logged or recorded.
+
+    Raises:
+        ValueError: the key is shorter than ``MIN_TOKEN_KEY_BYTES`` (the message names the variable, not the value).
+    """
+    key = os.environ.get(TOKEN_KEY_ENV, "").strip().encode()
+    if not key:
+        return None
+    if len(key) < MIN_TOKEN_KEY_BYTES:
+        raise ValueError(f"${TOKEN_KEY_ENV} is {len(key)} bytes; it must be at least {MIN_TOKEN_KEY_BYTES} "
+                         "(make one with: python -c \"import secrets; print(secrets.token_hex(32))\")")
+    return key
+
+
 def redact_url(location: str) -> str:
     """``location`` with any password of a URL replaced by ``***`` (for metadata, logs and UIs)."""
     return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", location)

@@ -104,7 +104,10 @@ def import_(
     root, p = _project()
     data_dir = root / p.data.dir
     try:
-        written = import_file(file, data_dir, parse_column_map(map_ or []), timezone, replace=replace)
+        key = settings.token_key()
+        typer.echo(_tokens_line(p.data.sensitive_columns, key))
+        written = import_file(file, data_dir, parse_column_map(map_ or []), timezone, replace=replace,
+                              sensitive_columns=p.data.sensitive_columns, token_key=key)
     except (SnapshotError, ValueError, FileExistsError) as exc:
         typer.secho(f"import failed: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
@@ -115,6 +118,19 @@ def import_(
         seen = earlier_month_ids(data_dir, w.month)
         result = validate_transactions(frame, w.month, source=w.path.name, seen_ids=seen, data=p.data)
         typer.echo(_summary_line(w.month, frame, result.counts["rows_quarantined"], hashes[w.month]) + f"  {w.status}")
+
+
+def _tokens_line(columns: tuple[str, ...], key: bytes | None) -> str:
+    """What import does with the sensitive ids, in one line (naming the key by its id, never the key)."""
+    from fraud_assets.core.tokens import key_id
+
+    names = ", ".join(columns)
+    if not columns:
+        return "no column is marked sensitive (params.yaml data.sensitive_columns): ids stored as given"
+    if key is None:
+        return (f"${settings.TOKEN_KEY_ENV} is not set: {names} stored as given, in clear "
+                "(set it to store keyed tokens instead, see docs/tokens.md)")
+    return f"{names} stored as keyed tokens (HMAC-SHA256, key id {key_id(key)})"
 
 
 @app.command()
@@ -327,6 +343,7 @@ def rollback(reason: Annotated[str, typer.Option(help="Why (recorded in the hist
 
     _, p = _project()
     client, name, alias = _client(), p.registry.model_name, p.registry.champion_alias
+    mlflow_registry.reconcile_alias_moves(client, name, alias)  # a move cut short by a crash counts if it happened
     current = mlflow_registry.alias_version(client, name, alias)
     if current is None:
         raise typer.BadParameter(f"no {alias} to roll back")

@@ -6,12 +6,14 @@ normalized to UTC, ids become strings, and the rows are split by UTC calendar mo
 written the same way every time, so importing the same file twice gives the same bytes (the same DVC
 hashes). Values that cannot be read (an amount that is not a number) become missing and are quarantined
 by validation downstream; only a timestamp that cannot be read fails the import, since its row has no month.
+Given a token key, the sensitive id columns are replaced by their keyed tokens (``core.tokens``) before anything
+is sorted or written, so no snapshot, DVC copy or later stage ever holds them in clear.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -20,6 +22,7 @@ import pandas as pd
 
 from fraud_assets.core.lineage import file_md5
 from fraud_assets.core.months import snapshot_path
+from fraud_assets.core.tokens import tokenize_column
 from fraud_assets.core.validate import SnapshotError
 from fraud_assets.schemas import REQUIRED_COLUMNS
 
@@ -70,8 +73,13 @@ def read_export(path: str | Path) -> pd.DataFrame:
 
 
 def to_canonical(raw: pd.DataFrame, column_map: Mapping[str, str], timezone: str = "UTC",
-                 source: str = "input") -> pd.DataFrame:
-    """Rename, type and sort ``raw`` into the canonical columns (others are dropped), timestamps in UTC."""
+                 source: str = "input", sensitive_columns: Sequence[str] = (), token_key: bytes | None = None
+                 ) -> pd.DataFrame:
+    """Rename, type and sort ``raw`` into the canonical columns (others are dropped), timestamps in UTC; with
+    ``token_key``, the ``sensitive_columns`` (id columns) hold keyed tokens instead of the ids."""
+    unknown = [c for c in sensitive_columns if c not in ID_COLUMNS]
+    if unknown:
+        raise ValueError(f"sensitive column(s) {', '.join(unknown)} are not id columns ({', '.join(ID_COLUMNS)})")
     try:
         tz = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -88,6 +96,8 @@ def to_canonical(raw: pd.DataFrame, column_map: Mapping[str, str], timezone: str
     out = pd.DataFrame({c: frame[c] for c in REQUIRED_COLUMNS})
     for col in ID_COLUMNS:
         out[col] = _as_str(out[col])
+        if token_key is not None and col in sensitive_columns:
+            out[col] = tokenize_column(out[col], token_key)
     out["tx_datetime"] = _to_utc(out["tx_datetime"], tz, source)
     out["amount"] = pd.to_numeric(out["amount"], errors="coerce").astype("float64")
     out["is_fraud"] = _label(out["is_fraud"])
@@ -131,10 +141,13 @@ def write_months(months: Mapping[str, pd.DataFrame], data_dir: str | Path, repla
 
 
 def import_file(path: str | Path, data_dir: str | Path, column_map: Mapping[str, str], timezone: str = "UTC",
-                replace: bool = False) -> list[MonthWrite]:
-    """Read an export, map it to the canonical schema and write it as monthly snapshots in ``data_dir``."""
+                replace: bool = False, sensitive_columns: Sequence[str] = (), token_key: bytes | None = None
+                ) -> list[MonthWrite]:
+    """Read an export, map it to the canonical schema (``sensitive_columns`` tokenized under ``token_key`` when one
+    is given) and write it as monthly snapshots in ``data_dir``."""
     p = Path(path)
-    frame = to_canonical(read_export(p), column_map, timezone, source=p.name)
+    frame = to_canonical(read_export(p), column_map, timezone, source=p.name, sensitive_columns=sensitive_columns,
+                         token_key=token_key)
     return write_months(split_months(frame), data_dir, replace=replace)
 
 
