@@ -92,6 +92,10 @@ class Score(BaseModel):
     reasons: list[Reason] = Field(default_factory=list, max_length=3, description=(
         "the features that moved the score most, largest first: for alerts (serve.reasons: alerts, the default) "
         "or for every answer (serve.reasons: all); empty otherwise"))
+    degraded: bool = Field(default=False, description=(
+        "true when the online store could not be read in time (serve.store_timeout_s): the transaction was scored "
+        "without its card's and terminal's past, as a first-ever transaction; it is still recorded in the store "
+        "once the store is back"))
 
 
 class ScoreBatch(BaseModel):
@@ -163,6 +167,14 @@ class Readiness(BaseModel):
     error: str | None = None
     insecure_local: bool = False
     calibrated: bool | None = None  # False: a version without a calibrator serves its raw scores
+    store: dict[str, Any] | None = Field(default=None, description=(
+        "the online store as this replica sees it: rows and labels waiting for it, written late, dropped, failed "
+        "reads and writes, the last error (null once healed)"))
+    prediction_log: dict[str, Any] | None = Field(default=None, description=(
+        "the prediction log's writer: rows written, queued, waiting for a retry, dropped, the last error"))
+    token_key_id: str | None = Field(default=None, description=(
+        "which $FRAUD_TOKEN_KEY turns card numbers into tokens (compare with `fraud import`'s line); null: ids are "
+        "used as sent"))
 
 
 LABEL_BATCH = TypeAdapter(LabelBatch)

@@ -10,7 +10,7 @@ scrape Ray's own metrics endpoint or every replica in production). OpenAPI at ``
 week and version, alerts per day, champion history, drift flags) and the page that shows them, ``/ui/``
 (static files in ``serving/ui``, served without a key; everything it shows comes from the keyed endpoints).
 
-Security: every endpoint but ``/health``, ``/ready``, ``/metrics`` and the docs needs the ``x-api-key``
+Security: every endpoint but ``/health``, ``/ready`` and the docs needs the ``x-api-key``
 header equal to ``$FRAUD_API_KEY`` in the replica's environment (or, for ``/alerts``, ``/performance`` and
 ``/labels`` only, ``$FRAUD_ANALYST_KEY`` when set); it is checked before the body is read (see
 :mod:`serving.guard`). Without a key a replica refuses to start unless insecure local mode is asked for explicitly
@@ -34,7 +34,15 @@ stored past of its customer and terminal by the same code as training, then reco
 the answer goes out, so the next transaction of that card sees it. ``POST /labels`` writes the labels to the
 store too, where they reach the terminal fraud rates once older than ``features.label_delay_days``.
 
-Every scored transaction goes to the prediction log (:mod:`fraud_assets.adapters.prediction_log`) off the hot path.
+When the store fails (:mod:`fraud_assets.adapters.resilient_store`): every statement gives up after
+``serve.store_timeout_s``; an unreadable store gives *degraded* answers for ``serve.store_retry_s`` (scored without
+the card's past, ``"degraded": true``, counted in ``/metrics``), never a 500; transactions that cannot be written
+wait in a bounded backlog that reads merge and that is written when the store is back. ``/predict``'s micro-batches
+are scored in a thread of their own, so a slow store never holds the event loop (``/health`` keeps answering).
+
+Every scored transaction goes to the prediction log (:mod:`fraud_assets.adapters.prediction_log`) off the hot path;
+its writer's state (rows waiting, dropped, the last error) is in ``/ready``, and Serve's health check restarts a
+replica whose log writer or store backlog writer stopped.
 
 Network exposure: the HTTP proxy binds 127.0.0.1 unless told otherwise, but Ray's own internal services
 (GCS, raylet, object manager, workers) listen on all interfaces of the machine; run it on a trusted network
@@ -49,6 +57,7 @@ import gc
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -65,8 +74,16 @@ from ray.serve import Application
 
 from fraud_assets.adapters.online_store import OnlineFeatures, TransactionStore, open_store
 from fraud_assets.adapters.prediction_log import LabelSink, PredictionLog
+from fraud_assets.adapters.resilient_store import ResilientStore
+from fraud_assets.core.tokens import TokenKeyError, key_id, tokenize_transactions
 from fraud_assets.params import FeatureParams, load_params
-from fraud_assets.settings import disable_telemetry, mlflow_tracking_uri, online_store_location, prediction_log_path
+from fraud_assets.settings import (
+    disable_telemetry,
+    mlflow_tracking_uri,
+    online_store_location,
+    prediction_log_path,
+    token_key,
+)
 from serving.api import (
     LABEL_BATCH,
     AlertQueue,
@@ -96,6 +113,8 @@ ANALYST_KEY_ENV = "FRAUD_ANALYST_KEY"
 UI_DIR = Path(__file__).resolve().parent / "ui"  # the analyst page, shipped inside the package
 DAY_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 INSECURE_ENV = "FRAUD_INSECURE_LOCAL"
+MLFLOW_CLIENT_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 JSON = "application/json"
 API_KEY_SCHEME = {"ApiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}
 KEYED = {"security": [{"ApiKey": []}]}
@@ -138,7 +157,7 @@ class ScoringApi(FastAPI):
 
 
 app = ScoringApi(title="fraud-detector", description="Scores card transactions with the champion model. "
-                 "Send the API key in the `x-api-key` header; /health, /ready and /metrics are open.")
+                 "Send the API key in the `x-api-key` header; /health and /ready are open.")
 app.add_middleware(Guard)
 app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
 
@@ -237,12 +256,17 @@ class _StoreLabels:
 class FraudScorer:
     """A replica holding one :class:`Predictor`, following the registry alias and logging every score."""
 
-    def __init__(self, tracking_uri: str, model_name: str, alias: str, num_threads: int,
+    def __init__(self, tracking_uri: str | None, model_name: str, alias: str, num_threads: int,
                  reload_interval_s: float, max_batch_size: int,
                  batch_wait_timeout_s: float, max_batch_rows: int, max_body_bytes: int, max_amount: float,
-                 min_tx_date: date, prediction_log: str, online_store: str, insecure_local: bool = False,
-                 reasons: Literal["alerts", "all"] = "alerts") -> None:
+                 min_tx_date: date, prediction_log: str, online_store: str | None, insecure_local: bool = False,
+                 reasons: Literal["alerts", "all"] = "alerts", store_timeout_s: float = 0.1,
+                 store_retry_s: float = 1.0, max_pending_rows: int = 100_000,
+                 prediction_log_max_rows: int = 200_000, prediction_log_retention_days: int | None = None,
+                 metrics_open: bool = False, sensitive_columns: tuple[str, ...] = ()) -> None:
         disable_telemetry()
+        for name, value in MLFLOW_CLIENT_LIMITS.items():  # the follower asks again next interval anyway: an MLflow
+            os.environ.setdefault(name, value)  # that is down shows in /ready in seconds, not after minutes of retries
         key = os.environ.get(API_KEY_ENV, "")
         self._insecure = not key
         if not key and not (insecure_local or os.environ.get(INSECURE_ENV) == "1"):
@@ -253,22 +277,33 @@ class FraudScorer:
         self._metrics = Metrics()
         analyst_key = os.environ.get(ANALYST_KEY_ENV, "")
         Guard.configure(GuardConfig(key.encode() if key else None, max_body_bytes, self._metrics,
-                                    analyst_key.encode() if analyst_key else None))
+                                    analyst_key.encode() if analyst_key else None, metrics_open))
         self._score_batch.set_max_batch_size(max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._max_batch_rows = max_batch_rows
+        # Card numbers become the import's tokens before any store read, log line or answer ($FRAUD_TOKEN_KEY, the
+        # same key as `fraud import`'s; docs/tokens.md): the store and the log hold tokens only.
+        self._token_key, self._sensitive_columns = token_key(), sensitive_columns
         self._requests = request_types(max_amount, min_tx_date, max_batch_rows)
         ScoringApi.configure(self._requests)
         from fraud_assets.adapters import mlflow_registry
 
-        self._client = mlflow_registry.client_for(tracking_uri)
+        # Unset locations are read here, from the replica's environment: a URL with a password never travels in
+        # the deployment's arguments, which Serve keeps in its controller and shows (`serve status`, dashboard).
+        self._client = mlflow_registry.client_for(tracking_uri or mlflow_tracking_uri())
         self._model_name, self._alias = model_name, alias
         self._num_threads = num_threads
         self._reasons: Literal["alerts", "all"] = reasons
         self._reload_interval_s = reload_interval_s
         self._refusals = RefusalMemory(reload_interval_s, max(300.0, reload_interval_s))
-        self._log = PredictionLog(prediction_log, on_drop=self._metrics.log_dropped.inc)
-        self._store: TransactionStore = open_store(online_store)
+        self._log = PredictionLog(prediction_log, max_queued_rows=prediction_log_max_rows,
+                                  on_drop=self._metrics.log_dropped.inc, retention_days=prediction_log_retention_days)
+        self._store = ResilientStore(open_store(online_store or online_store_location(), timeout_s=store_timeout_s),
+                                     retry_s=store_retry_s,
+                                     max_pending_rows=max_pending_rows, on_dropped=self._metrics.store_dropped.inc)
+        # /predict's micro-batches are scored here, off the event loop: a slow store holds no other request (nor
+        # /health), and requests arriving meanwhile are parsed and queue up as the next micro-batch.
+        self._scoring = ThreadPoolExecutor(1, thread_name_prefix="scoring")
         self._label_sinks: list[LabelSink] = [self._log, _StoreLabels(self._store)]
         self._predictor: Predictor | None = None
         self._error: str | None = None
@@ -286,18 +321,21 @@ class FraudScorer:
         status = "ready" if predictor else ("error" if self._error else "loading")
         body = Readiness(status=status, model_version=predictor.version if predictor else None,
                          model_name=self._model_name, alias=self._alias, error=self._error,
-                         insecure_local=self._insecure, calibrated=predictor.calibrated if predictor else None)
+                         insecure_local=self._insecure, calibrated=predictor.calibrated if predictor else None,
+                         store=self._store.status().as_dict(), prediction_log=self._log.status(),
+                         token_key_id=key_id(self._token_key) if self._token_key else None)
         return _json(body.model_dump(), status_code=200 if predictor else 503)
 
-    @app.get("/metrics", response_class=Response)
+    @app.get("/metrics", response_class=Response, openapi_extra=KEYED)
     async def metrics(self) -> Response:
         """Prometheus metrics of this replica."""
+        self._metrics.store_pending.set(self._store.status().pending_rows)
         return Response(generate_latest(self._metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/predict", response_model=Score, responses=REFUSALS, openapi_extra=KEYED)
     async def predict(self, request: Request) -> Response:
         """Score one transaction (micro-batched with concurrent requests)."""
-        transaction = _parse(self._requests.transaction, await request.body())
+        transaction = self._tokenized([_parse(self._requests.transaction, await request.body())])[0]
         self._require_predictor()
         return _json(await self._score_batch((transaction, request.state.request_id)))
 
@@ -308,6 +346,7 @@ class FraudScorer:
         transactions = _parse(self._requests.transaction_batch, await request.body())["transactions"]
         if len(transactions) > self._max_batch_rows:
             return _json({"detail": f"transactions: at most {self._max_batch_rows} rows per request"}, 413)
+        transactions = self._tokenized(transactions)
         predictor = self._require_predictor()
         scored = await asyncio.to_thread(self._score_and_remember, predictor, transactions)
         self._after_scoring(transactions, scored, [request.state.request_id] * len(transactions))
@@ -355,14 +394,23 @@ class FraudScorer:
     @serve.batch
     async def _score_batch(self, items: list[tuple[dict[str, Any], str]]) -> list[dict[str, Any]]:
         transactions = [tx for tx, _ in items]
-        scored = self._score_and_remember(self._require_predictor(), transactions)
+        predictor = self._require_predictor()
+        scored = await asyncio.get_running_loop().run_in_executor(self._scoring, self._score_and_remember,
+                                                                  predictor, transactions)
         self._after_scoring(transactions, scored, [rid for _, rid in items])
         return scored.decisions
 
+    def _tokenized(self, transactions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            return tokenize_transactions(transactions, self._sensitive_columns, self._token_key)
+        except TokenKeyError as exc:  # a token of another key: the client's error, named, never a 500
+            raise RequestValidationError([{"loc": ["body", *self._sensitive_columns[:1]], "type": "token_key",
+                                           "msg": str(exc)}]) from None
+
     def _score_and_remember(self, predictor: "Predictor", transactions: list[dict[str, Any]]) -> "Scored":
         scored = predictor.score_with_features(transactions)
-        self._store.append(transactions)  # before answering: the card's next transaction must see this one
-        return scored
+        self._store.append(transactions)  # before answering: the card's next transaction must see this one (it waits
+        return scored  # in the store's backlog when the store fails, where reads find it)
 
     def _after_scoring(self, transactions: list[dict[str, Any]], scored: "Scored", request_ids: list[str]) -> None:
         m, n = self._metrics, len(transactions)
@@ -371,16 +419,26 @@ class FraudScorer:
             m.batch_size.observe(n)
             m.predictions.labels(version).inc(n)
             m.alerts.labels(version).inc(sum(d["alert"] for d in scored.decisions))
+            if scored.degraded:
+                m.degraded.inc(n)
         self._log.record(request_ids, transactions, scored.decisions, scored.features, scored.feature_names)
 
     def check_health(self) -> None:
-        """Serve's replica health check: the alias follower must still be running."""
+        """Serve's replica health check: the alias follower, the prediction log's writer and the store's backlog
+        writer must still be running (a replica without one is restarted; their errors are in ``/ready``)."""
         if self._follower.done():
             cause = "cancelled" if self._follower.cancelled() else repr(self._follower.exception())
             raise RuntimeError(f"alias follower of {self._model_name}@{self._alias} stopped: {cause}")
+        if not self._log.alive():
+            raise RuntimeError(f"prediction log writer stopped: {self._log.status()['last_error']}")
+        if not self._store.alive():
+            raise RuntimeError("online store backlog writer stopped")
 
     def __del__(self) -> None:
-        """Serve's graceful shutdown: flush the prediction log."""
+        """Serve's graceful shutdown: the store's backlog and the prediction log flushed."""
+        store = getattr(self, "_store", None)
+        if store is not None:
+            store.close()
         log = getattr(self, "_log", None)
         if log is not None:
             log.close()
@@ -467,7 +525,7 @@ def build_app(args: AppArgs) -> Application:
         logging_config={"encoding": "JSON", "enable_access_log": s.access_log},
     )
     return deployment.bind(
-        tracking_uri=args.tracking_uri or mlflow_tracking_uri(),
+        tracking_uri=args.tracking_uri,  # None: the replica reads $MLFLOW_TRACKING_URI (never sent with the app)
         model_name=params.registry.model_name,
         alias=params.registry.champion_alias,
         num_threads=s.num_threads,
@@ -479,7 +537,14 @@ def build_app(args: AppArgs) -> Application:
         max_amount=params.data.max_amount,
         min_tx_date=params.data.min_tx_date,
         prediction_log=args.prediction_log or str(prediction_log_path()),
-        online_store=args.online_store or online_store_location(),
+        online_store=args.online_store,  # None: the replica reads $FRAUD_ONLINE_STORE
         insecure_local=args.insecure_local,
         reasons=s.reasons,
+        store_timeout_s=s.store_timeout_s,
+        store_retry_s=s.store_retry_s,
+        max_pending_rows=s.max_pending_rows,
+        prediction_log_max_rows=s.prediction_log_max_rows,
+        prediction_log_retention_days=s.prediction_log_retention_days,
+        metrics_open=s.metrics_open,
+        sensitive_columns=tuple(params.data.sensitive_columns),
     )

@@ -5,11 +5,13 @@ In this order, before any route runs: the request id (Ray Serve's HTTP proxy ech
 it), the API key (``x-api-key`` compared with :func:`hmac.compare_digest`; 401 with a fixed
 message, before a byte of the body is read), the body size (413 from ``Content-Length`` and again while the
 body streams in). Every answer carries ``X-Process-Time-Ms`` (time inside the replica) and is counted in
-the replica's Prometheus metrics. ``/health``, ``/ready``, ``/metrics``, the OpenAPI pages and the analyst page's
-static files (``/ui/``) need no key. The analyst key (``$FRAUD_ANALYST_KEY``, optional) opens only what the page
-uses (:data:`ANALYST_PATHS`); the API key opens everything. Answers under ``/ui`` carry a strict
-Content-Security-Policy (scripts, styles and data from this origin only, no inline code, no framing) and
-``nosniff``, ``X-Frame-Options: DENY``, ``Referrer-Policy: no-referrer``.
+the replica's Prometheus metrics. ``/health``, ``/ready``, the OpenAPI pages and the analyst page's
+static files (``/ui/``) need no key; ``/metrics`` needs the API key (``x-api-key``, or ``Authorization: Bearer <key>``
+as Prometheus sends it from ``authorization: {credentials_file: ...}``) unless ``serve.metrics_open`` says it is
+open (a scraper on a trusted network that cannot send either). The analyst key (``$FRAUD_ANALYST_KEY``,
+optional) opens only what the page uses (:data:`ANALYST_PATHS`); the API key opens everything. Answers under
+``/ui`` carry a strict Content-Security-Policy (scripts, styles and data from this origin only, no inline code,
+no framing) and ``nosniff``, ``X-Frame-Options: DENY``, ``Referrer-Policy: no-referrer``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+METRICS_PATH = "/metrics"
 UI_PREFIX = "/ui"
 ANALYST_PATHS = frozenset({"/alerts", "/performance", "/labels"})
 UI_HEADERS = [
@@ -63,6 +66,12 @@ class Metrics:
         self.log_dropped = Counter("fraud_prediction_log_dropped_rows", "Rows the prediction log could not keep",
                                    registry=r)
         self.labels = Counter("fraud_labels_stored", "Late labels stored", registry=r)
+        self.degraded = Counter("fraud_degraded_answers", "Transactions scored without their stored past (the "
+                                "online store could not be read in time)", registry=r)
+        self.store_dropped = Counter("fraud_store_dropped_rows", "Scored transactions or labels that never reached "
+                                     "the online store (its backlog was full)", registry=r)
+        self.store_pending = Gauge("fraud_store_pending_rows", "Scored transactions waiting for the online store",
+                                   registry=r)
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,7 @@ class GuardConfig:
     max_body_bytes: int
     metrics: Metrics
     analyst_key: bytes | None = None
+    metrics_open: bool = False  # serve.metrics_open: /metrics without a key
 
 
 class Guard:
@@ -116,7 +126,8 @@ class Guard:
         try:
             if config is None:
                 await _reply(send_with_headers, 503, NOT_CONFIGURED)
-            elif not (ui or path in OPEN_PATHS or _authorized(config, path, headers.get(b"x-api-key"))):
+            elif not (ui or path in OPEN_PATHS or (path == METRICS_PATH and config.metrics_open)
+                      or _authorized(config, path, _given_key(path, headers))):
                 await _reply(send_with_headers, 401, UNAUTHORIZED)
             elif scope["method"] in ("POST", "PUT", "PATCH"):
                 body = await _read_bounded(headers, receive, config.max_body_bytes)
@@ -136,7 +147,17 @@ class Guard:
                 m.latency.labels(route).observe(time.perf_counter() - started)
 
 
-_ROUTES = frozenset({"/predict", "/predict/batch", *ANALYST_PATHS, *OPEN_PATHS})
+_ROUTES = frozenset({"/predict", "/predict/batch", METRICS_PATH, *ANALYST_PATHS, *OPEN_PATHS})
+
+
+def _given_key(path: str, headers: dict) -> bytes | None:
+    """The key a request carries: ``x-api-key``; for ``/metrics`` also a bearer token (what Prometheus sends)."""
+    key = headers.get(b"x-api-key")
+    if key is None and path == METRICS_PATH:
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() == b"bearer" and token:
+            key = token.strip()
+    return key
 
 
 def _authorized(config: GuardConfig, path: str, given: bytes | None) -> bool:

@@ -35,6 +35,9 @@ SERVE_TUNING = {
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
     "RAY_SERVE_LOG_TO_STDERR": "0",
+    # A stopping replica keeps its port for this long so every node's HAProxy can drop it first (Ray's default, 30 s,
+    # is for far-away nodes; a local HAProxy reloads within a second): `fraud serve` stops in seconds, not 35 s.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
 }
 LOOPBACK_HAPROXY = Path(__file__).resolve().parent / "bin" / "haproxy-loopback"
 # What start_serving sets for one session (forgotten by stop_serving): the ingress switches and HAProxy's files.

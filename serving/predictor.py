@@ -54,6 +54,7 @@ class Scored:
     decisions: list[dict[str, Any]]
     features: np.ndarray
     feature_names: list[str]
+    degraded: bool = False  # the store could not be read: features of the transactions alone
 
 
 def default_feature_provider(features: FeatureParams) -> FeatureProvider:
@@ -80,7 +81,7 @@ class Predictor:
         # A provider with a ``matrix`` method (the online store's) skips the pandas frame: its columns come in
         # FEATURE_COLUMNS order and are picked by position for this model.
         known = set(self._columns) <= set(FEATURE_COLUMNS)
-        self._provide_matrix = getattr(feature_provider, "matrix", None) if known else None
+        self._provide_matrix = getattr(feature_provider, "matrix_with_status", None) if known else None
         self._positions = [FEATURE_COLUMNS.index(c) for c in self._columns] if known else []
         best = model.booster.attr("best_iteration")
         self._range = (0, int(best) + 1) if best is not None else (0, 0)
@@ -107,9 +108,14 @@ class Predictor:
 
     def matrix(self, transactions: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The float32 feature matrix of ``transactions`` in the model's column order."""
+        return self._matrix(transactions)[0]
+
+    def _matrix(self, transactions: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, bool]:
+        """:meth:`matrix` and whether it is degraded (the provider could not read the stored past)."""
         if self._provide_matrix is not None:
-            return np.asarray(self._provide_matrix(transactions))[:, self._positions].astype(np.float32)
-        return feature_matrix(self._provide(transactions), self._columns)
+            values, degraded = self._provide_matrix(transactions)
+            return np.asarray(values)[:, self._positions].astype(np.float32), degraded
+        return feature_matrix(self._provide(transactions), self._columns), False
 
     def probabilities(self, transactions: Sequence[Mapping[str, Any]]) -> list[float]:
         """Fraud probabilities for ``transactions``, in order, with one ``inplace_predict`` call."""
@@ -125,12 +131,12 @@ class Predictor:
         """Decisions and the feature matrix behind them, in request order."""
         if not transactions:
             return Scored([], np.empty((0, len(self._columns)), dtype=np.float32), self._columns)
-        x = self.matrix(transactions)
+        x, degraded = self._matrix(transactions)
         probabilities = self._predict(x).tolist()
         threshold, version = self._model.threshold, self._model.version
         decisions = [
             {"transaction_id": str(tx["transaction_id"]), "fraud_probability": p, "alert": p >= threshold,
-             "threshold": threshold, "model_version": version, "reasons": []}
+             "threshold": threshold, "model_version": version, "reasons": [], "degraded": degraded}
             for tx, p in zip(transactions, probabilities, strict=True)
         ]
         explained = range(len(decisions)) if self._explain_all else [i for i, d in enumerate(decisions) if d["alert"]]
@@ -138,7 +144,7 @@ class Predictor:
             rows = x if self._explain_all else x[list(explained)]
             for i, r in zip(explained, self.reasons(rows), strict=True):
                 decisions[i]["reasons"] = r
-        return Scored(decisions, x, self._columns)
+        return Scored(decisions, x, self._columns, degraded)
 
     def reasons(self, x: np.ndarray, k: int = N_REASONS) -> list[list[dict[str, Any]]]:
         """The ``k`` features with the largest absolute contribution (log-odds) for each row of ``x``."""

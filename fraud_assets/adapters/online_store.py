@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,6 +54,10 @@ def _schema(postgres: bool = False) -> str:
 
 SCHEMA = _schema()
 POSTGRES_SCHEMA = _schema(postgres=True)
+
+
+class StoreUnavailable(Exception):
+    """The store could not be read within its timeout, or failed moments ago (raised by serving's guarded store)."""
 
 
 class TransactionStore(Protocol):
@@ -149,27 +154,40 @@ class SqliteTransactionStore(_OneConnectionPerThread):
 
     _mark = "?"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, timeout_s: float = 30.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.timeout_s = timeout_s
         self._local = threading.local()
-        with self._connect() as conn:
+        conn = sqlite3.connect(str(self.path), timeout=max(30.0, timeout_s))  # not bound by the statement timeout
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
             have = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
             if not {"transactions", *_INDEXES} <= have or have.intersection(_REPLACED_INDEXES):
                 # Made or migrated in one transaction: other processes read the old indexes until the new are in
                 # (a few seconds on a bank's 90 days). Once done, opening a store writes nothing.
                 conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}COMMIT;")
+        finally:
+            conn.close()
 
     def _connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False)
+            # timeout: how long a statement waits for another process's lock; a statement that runs longer than
+            # that (a stalled disk, a huge scan) is interrupted by the progress handler: no call outlasts it by much.
+            conn = sqlite3.connect(str(self.path), timeout=self.timeout_s, check_same_thread=False)
+            conn.set_progress_handler(self._overdue, 20_000)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             # No memory map: with the covering indexes it saved ~5% of a read, and every mapped page of the store
             # counts in the replica's RSS (142 MB of a 110 MB bank store): read() into the OS page cache instead.
             self._local.conn = conn
+        self._local.deadline = time.monotonic() + self.timeout_s
         return conn
+
+    def _overdue(self) -> int:
+        """SQLite's progress handler: non-zero interrupts the statement (``sqlite3.OperationalError: interrupted``)."""
+        return int(time.monotonic() > self._local.deadline)
 
     def history(self, customers: Sequence[str], terminals: Sequence[str], since_s: int, until_s: int) -> Rows:
         """Rows of these customers or terminals in ``[since_s, until_s)``, each once (two index range scans)."""
@@ -248,10 +266,10 @@ class PostgresTransactionStore(_OneConnectionPerThread):
 
     _mark = "%s"
 
-    def __init__(self, dsn: str, schema: str | None = None) -> None:
+    def __init__(self, dsn: str, schema: str | None = None, timeout_s: float | None = None) -> None:
         if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
             raise ValueError(f"schema {schema!r} must be a lower-case identifier (letters, digits, _; 63 at most)")
-        self.dsn, self.schema = dsn, schema
+        self.dsn, self.schema, self.timeout_s = dsn, schema, timeout_s
         self._local = threading.local()
         with self._connect().transaction():
             for statement in POSTGRES_SCHEMA.split(";"):
@@ -263,7 +281,11 @@ class PostgresTransactionStore(_OneConnectionPerThread):
         if conn is None or conn.closed:
             import psycopg  # only a PostgreSQL store needs the driver
 
-            conn = psycopg.connect(self.dsn, autocommit=True)
+            limits: dict[str, Any] = {}
+            if self.timeout_s is not None:  # libpq counts whole seconds for the connect (2 at least) ...
+                limits = {"connect_timeout": max(2, int(np.ceil(self.timeout_s))),  # ... the server milliseconds
+                          "options": f"-c statement_timeout={max(1, int(self.timeout_s * 1000))}"}
+            conn = psycopg.connect(self.dsn, autocommit=True, **limits)
             if self.schema is not None:  # a scratch schema (the parity audit's), the same table inside it
                 from psycopg import sql
 
@@ -320,12 +342,15 @@ class PostgresTransactionStore(_OneConnectionPerThread):
         return self._connect().execute("DELETE FROM transactions WHERE ts < %s", (int(before_s),)).rowcount
 
 
-def open_store(location: str | Path) -> TransactionStore:
-    """The store at ``location``: a ``postgresql://`` URL, or the path of a SQLite file."""
+def open_store(location: str | Path, timeout_s: float | None = None) -> TransactionStore:
+    """The store at ``location``: a ``postgresql://`` URL, or the path of a SQLite file.
+
+    ``timeout_s`` bounds each statement (a lock wait included; PostgreSQL: the connect too, in whole seconds, at
+    least 2); unset: 30 s for SQLite, no limit for PostgreSQL (batch jobs)."""
     text = str(location)
     if text.startswith(("postgresql://", "postgres://")):
-        return PostgresTransactionStore(text)
-    return SqliteTransactionStore(text)
+        return PostgresTransactionStore(text, timeout_s=timeout_s)
+    return SqliteTransactionStore(text, 30.0 if timeout_s is None else timeout_s)
 
 
 def _rows(records: list[tuple]) -> Rows:
@@ -346,16 +371,26 @@ class OnlineFeatures:
 
     def matrix(self, transactions: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The feature matrix (:data:`FEATURE_COLUMNS` order, float64) of ``transactions``, in order."""
+        return self.matrix_with_status(transactions)[0]
+
+    def matrix_with_status(self, transactions: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, bool]:
+        """:meth:`matrix` and whether it is *degraded*: the store could not be read (a store that raises
+        ``StoreUnavailable``, as serving's :class:`~fraud_assets.adapters.resilient_store.ResilientStore` does), so
+        the transactions are described by themselves alone, as first-ever transactions of their card and terminal."""
         if not transactions:
-            return np.zeros((0, len(FEATURE_COLUMNS)))
+            return np.zeros((0, len(FEATURE_COLUMNS))), False
         incoming = Incoming.parse(transactions)  # timestamps parsed once, for the read and for the features
         ts = incoming.rows.ts
-        history = self.store.history(incoming.rows.customer, incoming.rows.terminal,
-                                     int(ts.min()) - self._lookback_s, int(ts.max()) + 1)
+        degraded = False
+        try:
+            history = self.store.history(incoming.rows.customer, incoming.rows.terminal,
+                                         int(ts.min()) - self._lookback_s, int(ts.max()) + 1)
+        except StoreUnavailable:
+            history, degraded = _rows([]), True
         values = online_matrix(incoming, history, self.p)
         if self.remember:
             self.store.append(transactions)
-        return values
+        return values, degraded
 
     def __call__(self, transactions: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         """The feature frame (key columns + features, in order) of ``transactions``."""

@@ -1,9 +1,12 @@
 """The prediction log: every scored transaction and every late label, in SQLite (WAL) in the state folder.
 
-Scoring never waits for the disk: :meth:`PredictionLog.record` puts rows on a bounded in-memory queue and a
-background thread writes them in batches (one transaction per flush); :meth:`PredictionLog.close` flushes
-what is left. When the queue is full (the disk stalled) rows are dropped and counted, never blocking a
-request. Labels are written synchronously, so a 200 from ``POST /labels`` means they are on disk.
+Scoring never waits for the disk: :meth:`PredictionLog.record` puts rows on an in-memory queue bounded by rows
+and a background thread writes them in batches (one transaction per flush); :meth:`PredictionLog.close` flushes
+what is left. When the disk refuses a write (full, locked too long) the rows wait for the next flush within the
+same bound; beyond it rows are dropped and counted, never blocking a request. A batch whose rows cannot be built
+is dropped and counted alone. :meth:`PredictionLog.status` reports all of it (``/ready``). Labels are written
+synchronously, so a 200 from ``POST /labels`` means they are on disk. Retention (``retention_days``) prunes rows
+dated that long before the newest row.
 
 Schema (``live_performance`` joins ``predictions`` with ``labels`` on ``transaction_id``)::
 
@@ -11,7 +14,8 @@ Schema (``live_performance`` joins ``predictions`` with ``labels`` on ``transact
                 scored_at TEXT  -- ISO 8601 UTC, when the replica scored it
                 model_version TEXT, features TEXT  -- JSON object {feature name: value}
                 fraud_probability REAL, alert INTEGER  -- 0/1
-                threshold REAL, reasons TEXT  -- JSON list [{feature, contribution}], the answer's reasons)
+                threshold REAL, reasons TEXT  -- JSON list [{feature, contribution}], the answer's reasons
+                degraded INTEGER  -- 1: scored without the stored past (the online store was unreadable))
     labels(transaction_id TEXT, is_fraud INTEGER, received_at TEXT  -- ISO 8601 UTC
            request_id TEXT)
 
@@ -31,6 +35,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from time import monotonic
 from typing import Any, Protocol
 
 import orjson
@@ -45,7 +50,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     request_id TEXT NOT NULL, transaction_id TEXT NOT NULL, tx_datetime TEXT NOT NULL, customer_id TEXT NOT NULL,
     terminal_id TEXT NOT NULL, scored_at TEXT NOT NULL, model_version TEXT NOT NULL, features TEXT NOT NULL,
     fraud_probability REAL NOT NULL, alert INTEGER NOT NULL, threshold REAL NOT NULL,
-    reasons TEXT NOT NULL DEFAULT '[]');
+    reasons TEXT NOT NULL DEFAULT '[]', degraded INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS predictions_transaction ON predictions (transaction_id);
 CREATE TABLE IF NOT EXISTS labels (
     transaction_id TEXT NOT NULL, is_fraud INTEGER NOT NULL, received_at TEXT NOT NULL, request_id TEXT NOT NULL);
@@ -53,8 +58,8 @@ CREATE INDEX IF NOT EXISTS labels_transaction ON labels (transaction_id);
 """
 _TIME_INDEX = "CREATE INDEX IF NOT EXISTS predictions_time ON predictions (tx_datetime)"
 _INSERT_PREDICTION = ("INSERT INTO predictions (request_id, transaction_id, tx_datetime, customer_id, terminal_id, "
-                      "scored_at, model_version, features, fraud_probability, alert, threshold, reasons) "
-                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                      "scored_at, model_version, features, fraud_probability, alert, threshold, reasons, degraded) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 ALERT_COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "scored_at", "model_version",
                  "features", "fraud_probability", "threshold", "reasons"]
 _INSERT_LABEL = "INSERT INTO labels VALUES (?, ?, ?, ?)"
@@ -78,6 +83,8 @@ def connect(path: str | Path) -> sqlite3.Connection:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
     if "reasons" not in columns:  # a log written before the answer's reasons were kept
         conn.execute("ALTER TABLE predictions ADD COLUMN reasons TEXT NOT NULL DEFAULT '[]'")
+    if "degraded" not in columns:  # ... or before degraded answers were flagged
+        conn.execute("ALTER TABLE predictions ADD COLUMN degraded INTEGER NOT NULL DEFAULT 0")
     conn.execute(_TIME_INDEX)
     conn.commit()
     return conn
@@ -93,7 +100,8 @@ def prediction_rows(request_ids: Sequence[str], transactions: Sequence[Mapping[s
         rows.append((rid, d["transaction_id"], when.isoformat() if hasattr(when, "isoformat") else str(when),
                      str(tx["customer_id"]), str(tx["terminal_id"]), scored_at, d["model_version"],
                      orjson.dumps(dict(zip(feature_names, x, strict=True))).decode(), d["fraud_probability"],
-                     int(d["alert"]), d["threshold"], orjson.dumps(d.get("reasons", [])).decode()))
+                     int(d["alert"]), d["threshold"], orjson.dumps(d.get("reasons", [])).decode(),
+                     int(d.get("degraded", False))))
     return rows
 
 
@@ -197,30 +205,52 @@ def label_status(path: str | Path, transaction_ids: Sequence[str]) -> dict[str, 
 
 
 class PredictionLog:
-    """Batched, off-the-hot-path writer of the ``predictions`` table, and a :class:`LabelSink`."""
+    """Batched, off-the-hot-path writer of the ``predictions`` table, and a :class:`LabelSink`.
 
-    def __init__(self, path: str | Path, flush_interval_s: float = 0.25, max_queued_batches: int = 10_000,
-                 on_drop: Callable[[int], None] | None = None) -> None:
+    Bounded by rows: at most ``max_queued_rows`` wait in memory (queued, or built and waiting for a retry after a
+    failed write such as a full disk); beyond that a scored batch is dropped and counted (``on_drop``, the
+    ``dropped`` count, ``/ready``), never blocking a request. A batch whose rows cannot be built is dropped and
+    counted alone; the writer thread keeps going. With ``retention_days``, rows dated more than that before the
+    newest row are deleted once per ``prune_every_s`` (by the newest row, not the clock: a replayed year keeps its
+    rows).
+    """
+
+    def __init__(self, path: str | Path, flush_interval_s: float = 0.25, max_queued_rows: int = 200_000,
+                 on_drop: Callable[[int], None] | None = None, retention_days: int | None = None,
+                 prune_every_s: float = 3600.0) -> None:
         self.path = Path(path)
         self._on_drop = on_drop
         self._conn = connect(self.path)
         self._labels_lock = threading.Lock()
-        self._queue: queue.Queue[tuple | None] = queue.Queue(maxsize=max_queued_batches)
+        self._count_lock = threading.Lock()
+        self._queue: queue.Queue[tuple | None] = queue.Queue()
         self._flush_interval_s = flush_interval_s
+        self._max_rows = max_queued_rows
+        self._retention_days, self._prune_every_s = retention_days, prune_every_s
+        self._next_prune = 0.0
         self._stopping = threading.Event()
+        self._queued = 0  # rows queued, not built yet
+        self._retry: list[tuple] = []  # rows built whose write failed, written first on the next flush
         self.dropped = 0
         self.written = 0
+        self.pruned = 0
+        self.error: str | None = None  # writes failing now (cleared by the next write that succeeds)
+        self.last_error: str | None = None  # the latest error of any kind, kept
         self._writer = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._writer.start()
 
     def record(self, request_ids: Sequence[str], transactions: Sequence[Mapping[str, Any]],
                decisions: Sequence[Mapping[str, Any]], features: Any, feature_names: Sequence[str]) -> bool:
-        """Queue one scored batch for the background writer (rows are built there); False when the queue is full."""
-        try:
-            self._queue.put_nowait((request_ids, transactions, decisions, features, feature_names))
-        except queue.Full:
-            self._dropped(len(transactions))
+        """Queue one scored batch for the background writer (rows are built there); False when it is full."""
+        n = len(transactions)
+        with self._count_lock:
+            full = self._queued + len(self._retry) + n > self._max_rows
+            if not full:
+                self._queued += n
+        if full:
+            self._dropped(n)
             return False
+        self._queue.put_nowait((request_ids, transactions, decisions, features, feature_names))
         return True
 
     def record_labels(self, labels: Sequence[Mapping[str, Any]], request_id: str) -> int:
@@ -232,6 +262,16 @@ class PredictionLog:
         conn.close()
         return len(rows)
 
+    def status(self) -> dict[str, Any]:
+        """What ``/ready`` shows: rows written, queued, waiting for a retry, dropped, pruned, the errors."""
+        return {"written": self.written, "queued": self._queued, "retrying": len(self._retry),
+                "dropped": self.dropped, "pruned": self.pruned, "error": self.error, "last_error": self.last_error,
+                "alive": self.alive()}
+
+    def alive(self) -> bool:
+        """Whether the writer thread runs (Serve's health check restarts a replica without it)."""
+        return self._writer.is_alive()
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush what is queued and stop the writer."""
         if self._writer.is_alive():
@@ -242,18 +282,20 @@ class PredictionLog:
     def _run(self) -> None:
         stop = False
         while not stop:
-            batch: list[tuple] = []
             try:
                 item = self._queue.get(timeout=self._flush_interval_s)
             except queue.Empty:
+                if self._retry:
+                    self._write([])
                 continue
             if item is not None:  # let a flush interval's batches gather: one transaction for them all, not one
                 self._stopping.wait(self._flush_interval_s)  # per request competing with the next request for the GIL
+            batch: list[tuple] = []
             while True:
                 if item is None:
                     stop = True
                     break
-                batch.extend(prediction_rows(*item))
+                batch.extend(self._built(item))
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -261,18 +303,66 @@ class PredictionLog:
             self._write(batch)
         self._conn.close()
 
+    def _built(self, item: tuple) -> list[tuple]:
+        """The rows of one queued batch; a batch that cannot be built is dropped and counted, the writer goes on."""
+        n = len(item[1])
+        try:
+            return prediction_rows(*item)
+        except Exception as exc:
+            self._dropped(n)
+            self._note(exc, f"could not build {n} rows", failing=False)
+            return []
+        finally:
+            with self._count_lock:
+                self._queued -= n
+
     def _write(self, batch: list[tuple]) -> None:
-        if not batch:
+        rows = self._retry + batch
+        if not rows:
             return
         try:
             with self._conn:
-                self._conn.executemany(_INSERT_PREDICTION, batch)
-            self.written += len(batch)
-        except sqlite3.Error:
-            self._dropped(len(batch))
-            logger.exception("prediction log: could not write %d rows to %s", len(batch), self.path)
+                self._conn.executemany(_INSERT_PREDICTION, rows)
+        except sqlite3.Error as exc:  # a full disk, a lock held too long: kept for the next flush, within the bound
+            with self._count_lock:
+                over = max(0, len(rows) + self._queued - self._max_rows)
+                self._retry = rows[over:]
+            self._dropped(over)
+            self._note(exc, f"could not write {len(rows)} rows (kept {len(rows) - over} for a retry)")
+            return
+        with self._count_lock:
+            self._retry = []
+        self.written += len(rows)
+        self.error = None
+        self._prune_when_due()
+
+    def _prune_when_due(self) -> None:
+        now = monotonic()
+        if self._retention_days is None or now < self._next_prune:
+            return
+        self._next_prune = now + self._prune_every_s
+        try:
+            (newest,) = self._conn.execute("SELECT MAX(tx_datetime) FROM predictions").fetchone()
+            if newest is None:
+                return
+            cutoff = datetime.fromisoformat(newest).astimezone(UTC) - timedelta(days=self._retention_days + 1)
+            with self._conn:  # a day of slack: rows are compared as text, written with any offset
+                self.pruned += self._conn.execute("DELETE FROM predictions WHERE tx_datetime < ?",
+                                                  (cutoff.isoformat(),)).rowcount
+        except (sqlite3.Error, ValueError) as exc:
+            self._note(exc, "could not prune", failing=False)
+
+    def _note(self, exc: BaseException, what: str, failing: bool = True) -> None:
+        message = f"{what}: {type(exc).__name__}: {exc}".splitlines()[0][:300]
+        if not (failing and self.error is not None):  # one line per episode of failing writes, not one per flush
+            logger.error("prediction log %s: %s", self.path.name, message)
+        self.last_error = message
+        if failing:
+            self.error = message
 
     def _dropped(self, n: int) -> None:
+        if not n:
+            return
         self.dropped += n
         if self._on_drop is not None:
             self._on_drop(n)

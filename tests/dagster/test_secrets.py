@@ -31,3 +31,17 @@ def test_resource_config_shows_the_variable_not_the_credentials(small_project: P
     assert SECRET not in snapshot
     assert "MLFLOW_TRACKING_URI" in snapshot and "FRAUD_ONLINE_STORE" in snapshot
     assert isinstance(defs.resources["store"].path, dg.EnvVar)
+
+
+def test_the_serving_app_carries_no_credentials_in_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve keeps a deployment's arguments in its controller and shows them (`serve status`, the dashboard): the
+    tracking URI and the store DSN stay in the environment, where each replica reads them."""
+    import cloudpickle
+
+    from serving.app import AppArgs, build_app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql://mlflow:{SECRET}@127.0.0.1:1/mlflow")
+    monkeypatch.setenv("FRAUD_ONLINE_STORE", f"postgresql://fraud:{SECRET}@127.0.0.1:1/store")
+    bound = build_app(AppArgs())._bound_deployment
+    assert SECRET.encode() not in cloudpickle.dumps((bound.init_args, bound.init_kwargs))  # what Serve keeps
+    assert bound.init_kwargs["tracking_uri"] is None and bound.init_kwargs["online_store"] is None

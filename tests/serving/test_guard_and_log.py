@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,16 +109,79 @@ def test_prediction_log_writes_batches_and_labels(tmp_path: Path) -> None:
     assert labels == [("t2", 1, "r2")] and log.dropped == 0
 
 
-def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
+def _scored(n: int, day: str = "2025-01-01", start: int = 0) -> tuple[list, list, list, np.ndarray, list]:
+    txs = [{"transaction_id": f"t{start + i}", "tx_datetime": f"{day}T00:00:00+00:00", "customer_id": "c",
+            "terminal_id": "k"} for i in range(n)]
+    ds = [{"transaction_id": f"t{start + i}", "model_version": "1", "fraud_probability": 0.1, "alert": False,
+           "threshold": 0.5} for i in range(n)]
+    return ["r"] * n, txs, ds, np.zeros((n, 1)), ["a"]
+
+
+def test_the_queue_is_bounded_by_rows_and_drops_count_instead_of_blocking(tmp_path: Path) -> None:
     dropped: list[int] = []
-    log = PredictionLog(tmp_path / "p.sqlite", max_queued_batches=1, on_drop=dropped.append)
-    log._queue.put(None)  # stop the writer first, so the queue stays full
+    log = PredictionLog(tmp_path / "p.sqlite", max_queued_rows=5, on_drop=dropped.append)
+    log._queue.put(None)  # stop the writer first, so what is queued stays queued
     log._writer.join(5)
-    tx = {"transaction_id": "t", "tx_datetime": "2025-01-01T00:00:00Z", "customer_id": "c", "terminal_id": "k"}
-    d = {"transaction_id": "t", "model_version": "1", "fraud_probability": 0.1, "alert": False, "threshold": 0.5}
-    assert log.record(["r"], [tx], [d], np.zeros((1, 1)), ["a"])
-    assert not log.record(["r"], [tx], [d], np.zeros((1, 1)), ["a"])
-    assert dropped == [1] and log.dropped == 1
+    assert log.record(*_scored(3)) and log.record(*_scored(2, start=3))
+    assert not log.record(*_scored(1, start=5))  # 5 rows wait: a sixth is over the bound, whatever the batches
+    assert dropped == [1] and log.dropped == 1 and log.status()["queued"] == 5
+
+
+def test_a_batch_that_cannot_be_built_is_dropped_alone_and_the_writer_goes_on(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "p.sqlite", flush_interval_s=0.01)
+    rids, txs, ds, _x, names = _scored(2)
+    assert log.record(rids, txs, ds, np.zeros((2, 3)), names)  # 3 features, 1 name: zip(strict) fails in the writer
+    assert log.record(*_scored(4, start=2))
+    log.close()
+    with sqlite3.connect(tmp_path / "p.sqlite") as conn:
+        ids = [r[0] for r in conn.execute("SELECT transaction_id FROM predictions ORDER BY rowid")]
+    status = log.status()
+    assert ids == ["t2", "t3", "t4", "t5"] and status["dropped"] == 2 and status["written"] == 4
+    assert "could not build 2 rows" in status["last_error"] and status["error"] is None
+
+
+def test_a_failed_write_is_retried_and_nothing_is_lost(tmp_path: Path) -> None:
+    """A disk that refuses writes for a while (SQLite's page limit on the writer's connection): rows wait, within
+    the bound, and are written once it takes them again; scoring is never blocked."""
+    log = PredictionLog(tmp_path / "p.sqlite", flush_interval_s=0.01)
+    (pages,) = log._conn.execute("PRAGMA page_count").fetchone()
+    log._conn.execute(f"PRAGMA max_page_count = {pages}")  # full: no new page can be written
+    for i in range(20):
+        assert log.record(*_scored(50, start=50 * i))
+    deadline = time.monotonic() + 10
+    while log.status()["retrying"] < 1000 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    status = log.status()
+    assert status["retrying"] == 1000 and status["written"] == 0 and "full" in status["error"]
+    log._conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+    log.close()
+    with sqlite3.connect(tmp_path / "p.sqlite") as conn:
+        (n,) = conn.execute("SELECT COUNT(DISTINCT transaction_id) FROM predictions").fetchone()
+    assert n == 1000 and log.dropped == 0 and log.status()["error"] is None
+
+
+def test_a_full_disk_beyond_the_bound_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "p.sqlite", flush_interval_s=0.01, max_queued_rows=300)
+    (pages,) = log._conn.execute("PRAGMA page_count").fetchone()
+    log._conn.execute(f"PRAGMA max_page_count = {pages}")
+    for i in range(10):
+        log.record(*_scored(100, start=100 * i))
+        time.sleep(0.05)
+    status = log.status()
+    assert status["retrying"] + status["queued"] <= 300 and status["written"] == 0
+    assert status["retrying"] + status["queued"] + status["dropped"] == 1000  # every row kept or counted
+
+
+def test_retention_prunes_by_the_newest_row_not_the_clock(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "p.sqlite", flush_interval_s=0.01, retention_days=30, prune_every_s=0.0)
+    log.record(*_scored(3, day="2025-01-01"))
+    log.record(*_scored(2, day="2025-01-20", start=3))
+    time.sleep(0.2)
+    log.record(*_scored(1, day="2025-03-01", start=5))  # 59 days after the first: those go, the 20th too
+    log.close()
+    with sqlite3.connect(tmp_path / "p.sqlite") as conn:
+        ids = sorted(r[0] for r in conn.execute("SELECT transaction_id FROM predictions"))
+    assert ids == ["t5"] and log.pruned == 5
 
 
 def test_serving_refuses_to_start_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -116,4 +116,5 @@ def test_it_needs_the_key_scores_like_batch_mode_on_both_replicas(served: dict) 
 
 def _predictions(port: int) -> float:
     """How many transactions the replica on ``port`` scored (its own Prometheus counter)."""
-    return _metric(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text, "fraud_predictions_total")
+    return _metric(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10, headers={"x-api-key": KEY}).text,
+                   "fraud_predictions_total")

@@ -145,14 +145,17 @@ def test_binds_loopback_and_starts_in_bounded_time(served: Served) -> None:
     assert served.start_seconds < 180
 
 
-def test_health_ready_metrics_need_no_key(served: Served) -> None:
+def test_health_and_ready_need_no_key_metrics_does(served: Served) -> None:
     with httpx.Client(base_url=served.base_url, timeout=10.0) as anonymous:
         assert anonymous.get("/health").json() == {"status": "ok"}
         body = anonymous.get("/ready").json()
         assert body["status"] == "ready" and body["model_version"] == served.version
         assert body["model_name"] == MODEL and body["alias"] == ALIAS and body["insecure_local"] is False
         assert body["calibrated"] is False  # registered without a calibrator: it serves raw scores, and says so
-        assert anonymous.get("/metrics").status_code == 200
+        assert anonymous.get("/metrics").status_code == 401  # serve.metrics_open is false by default
+        assert anonymous.get("/metrics", headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert anonymous.get("/metrics", headers={"authorization": f"Bearer {KEY}"}).status_code == 200  # Prometheus
+        assert "fraud_predictions" in anonymous.get("/metrics", headers={"x-api-key": KEY}).text
 
 
 @pytest.mark.parametrize("headers", [{}, {"x-api-key": "wrong"}, {"x-api-key": KEY[:-1]}, {"x-api-key": ""}])
@@ -178,7 +181,8 @@ def test_predict_returns_a_decision_with_reasons(http: httpx.Client, served: Ser
     assert response.headers["x-request-id"] == "req-abc.1"
     assert float(response.headers["x-process-time-ms"]) >= 0
     body = response.json()
-    assert set(body) == {"transaction_id", "fraud_probability", "alert", "threshold", "model_version", "reasons"}
+    assert set(body) == {"transaction_id", "fraud_probability", "alert", "threshold", "model_version", "reasons",
+                         "degraded"} and body["degraded"] is False
     assert body["transaction_id"] == "tx-1" and body["model_version"] == served.version
     assert 0.0 <= body["fraud_probability"] <= 1.0
     assert body["threshold"] == THRESHOLD and body["alert"] == (body["fraud_probability"] >= THRESHOLD)

@@ -1,0 +1,166 @@
+"""The guarded store serving uses: a locked or failing store slows no answer and loses no transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fraud_assets.adapters.online_store import OnlineFeatures, Rows, SqliteTransactionStore, StoreUnavailable
+from fraud_assets.adapters.resilient_store import ResilientStore
+from fraud_assets.core.features import FEATURE_COLUMNS
+from fraud_assets.params import load_params
+
+
+def _tx(i: int, customer: str = "c1", terminal: str = "k1", day: int = 10) -> dict[str, Any]:
+    return {"transaction_id": f"t{i}", "tx_datetime": f"2025-03-{day:02d}T{i % 24:02d}:00:00+00:00",
+            "customer_id": customer, "terminal_id": terminal, "amount": 10.0 + i}
+
+
+def _seeded(tmp_path: Path, timeout_s: float = 0.05) -> SqliteTransactionStore:
+    store = SqliteTransactionStore(tmp_path / "store.sqlite", timeout_s=timeout_s)
+    past = pd.DataFrame([_tx(i, day=1 + i % 5) for i in range(20)])
+    past["tx_datetime"] = pd.to_datetime(past["tx_datetime"], utc=True)
+    past["is_fraud"] = [i % 7 == 0 for i in range(20)]
+    store.seed(past)
+    return store
+
+
+class _Flaky:
+    """A store whose reads or writes fail on demand (to isolate the breaker from a real fault)."""
+
+    def __init__(self, inner: SqliteTransactionStore) -> None:
+        self.inner, self.fail_reads, self.fail_writes, self.reads = inner, False, False, 0
+
+    def history(self, customers: Sequence[str], terminals: Sequence[str], since_s: int, until_s: int) -> Rows:
+        self.reads += 1
+        if self.fail_reads:
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.inner.history(customers, terminals, since_s, until_s)
+
+    def append(self, transactions: Sequence[Mapping[str, Any]]) -> int:
+        if self.fail_writes:
+            raise sqlite3.OperationalError("database is locked")
+        return self.inner.append(transactions)
+
+    def add_labels(self, labels: Sequence[Mapping[str, Any]]) -> int:
+        if self.fail_writes:
+            raise sqlite3.OperationalError("database is locked")
+        return self.inner.add_labels(labels)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_write_lock_held_by_another_process_costs_no_answer_its_past_or_a_row(tmp_path: Path) -> None:
+    """What a seed or prune does to the store (SQLite's write lock, held for seconds): appends wait in the backlog,
+    reads still see them, and the backlog reaches the store once the lock goes."""
+    p = load_params().features
+    store = _seeded(tmp_path)
+    guarded = ResilientStore(store, retry_s=0.05)
+    reference = OnlineFeatures(_seeded(tmp_path / "ref"), p)  # the same past, written without any lock
+    locker = sqlite3.connect(tmp_path / "store.sqlite", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        online = OnlineFeatures(guarded, p)
+        for i in range(100, 130):  # each transaction must see the ones before it, held in the backlog
+            tx = _tx(i, customer=f"c{i % 3}", terminal=f"k{i % 4}", day=11)
+            started = time.monotonic()
+            got, degraded = online.matrix_with_status([tx])
+            assert time.monotonic() - started < 2.0  # bounded by the store's timeout, never its 30 s default
+            assert not degraded
+            np.testing.assert_allclose(got, reference.matrix([tx]), rtol=0, atol=1e-9)
+        assert guarded.status().pending_rows == 30 and store.count() == 20
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    deadline = time.monotonic() + 10
+    while guarded.status().pending_rows and time.monotonic() < deadline:
+        time.sleep(0.02)
+    status = guarded.status()
+    assert store.count() == 50 and status.pending_rows == 0 and status.written_late == 30
+    assert status.dropped_rows == 0 and status.error is None
+    assert guarded.close() == 0
+
+
+def test_an_unreadable_store_degrades_answers_fast_and_retries_after_a_pause(tmp_path: Path) -> None:
+    p = load_params().features
+    now = [0.0]
+    flaky = _Flaky(_seeded(tmp_path))
+    guarded = ResilientStore(flaky, retry_s=1.0, clock=lambda: now[0])
+    online = OnlineFeatures(guarded, p)
+    tx = _tx(200, day=12)
+    healthy, degraded = online.matrix_with_status([tx])
+    assert not degraded
+    flaky.fail_reads = True
+    got, degraded = online.matrix_with_status([tx])
+    assert degraded and flaky.reads == 2
+    np.testing.assert_array_equal(got, OnlineFeatures(SqliteTransactionStore(tmp_path / "empty.sqlite"), p,
+                                                      remember=False).matrix([tx]))  # as a first-ever transaction
+    assert not np.array_equal(got, healthy)
+    with pytest.raises(StoreUnavailable):  # within retry_s: no read at all
+        guarded.history(["c1"], ["k1"], 0, 2**40)
+    assert flaky.reads == 2 and "disk I/O error" in guarded.status().error
+    flaky.fail_reads, now[0] = False, 1.5
+    assert not online.matrix_with_status([tx])[1] and flaky.reads == 3
+    assert guarded.status().failed_reads == 1 and guarded.status().error is None
+    guarded.close()
+
+
+def test_the_backlog_is_bounded_and_drops_the_oldest_counted(tmp_path: Path) -> None:
+    flaky = _Flaky(_seeded(tmp_path))
+    flaky.fail_writes = True
+    dropped: list[int] = []
+    guarded = ResilientStore(flaky, retry_s=0.05, max_pending_rows=10, on_dropped=dropped.append)
+    for i in range(15):
+        assert guarded.append([_tx(300 + i, day=13)]) == 0
+    status = guarded.status()
+    assert status.pending_rows == 10 and status.dropped_rows == 5 and sum(dropped) == 5
+    flaky.fail_writes = False
+    guarded.close()
+    ids = set(flaky.inner.history_frame(["c1"], ["k1"], 0, 2**40)["transaction_id"])
+    assert {f"t{300 + i}" for i in range(5, 15)} <= ids and not {f"t{300 + i}" for i in range(5)} & ids
+
+
+def test_labels_wait_for_the_rows_they_label(tmp_path: Path) -> None:
+    flaky = _Flaky(_seeded(tmp_path))
+    guarded = ResilientStore(flaky, retry_s=0.05)
+    flaky.fail_writes = True
+    guarded.append([_tx(400, day=14)])
+    assert guarded.add_labels([{"transaction_id": "t400", "is_fraud": 1}]) == 0
+    assert guarded.status().pending_labels == 1
+    flaky.fail_writes = False
+    deadline = time.monotonic() + 10
+    while (guarded.status().pending_rows or guarded.status().pending_labels) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    frame = flaky.inner.history_frame(["c1"], ["k1"], 0, 2**40).set_index("transaction_id")
+    assert frame.loc["t400", "is_fraud"] == 1
+    guarded.close()
+
+
+def test_a_bug_is_not_mistaken_for_an_outage(tmp_path: Path) -> None:
+    guarded = ResilientStore(_seeded(tmp_path), retry_s=0.05)
+    with pytest.raises(TypeError):
+        guarded.history(None, ["k1"], 0, 2**40)  # type: ignore[arg-type]
+    with pytest.raises(KeyError):
+        guarded.append([{"transaction_id": "x"}])
+    assert guarded.status().failed_reads == 0
+    guarded.close()
+
+
+def test_a_slow_statement_is_interrupted_at_the_timeout(tmp_path: Path) -> None:
+    """SQLite's busy timeout covers lock waits; the progress handler covers a statement that runs too long."""
+    store = SqliteTransactionStore(tmp_path / "s.sqlite", timeout_s=0.1)
+    conn = store._connect()
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="interrupted"):
+        conn.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT COUNT(*) FROM n"
+                     ).fetchone()
+    assert time.monotonic() - started < 5
+    assert len(FEATURE_COLUMNS) and store.count() == 0  # the connection still works afterwards
