@@ -7,13 +7,10 @@ server fails the test; on a developer machine without PostgreSQL it is skipped w
 
 from __future__ import annotations
 
-import glob
 import os
-import pwd
-import shutil
+import secrets
 import socket
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,13 +23,9 @@ from fraud_assets.orchestration.definitions import build_assets
 from fraud_assets.params import load_params
 from tests.conftest import write_small_project
 from tests.dagster.test_pipeline import FileHashProject
+from tests.pg import pg_cluster
 
 pytestmark = pytest.mark.slow
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
 
 
 def _free_port() -> int:
@@ -41,44 +34,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(cmd: list[str]) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:5])} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
-
-
-def _as_db_user(cmd: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: drop to the `postgres` system user when we are root."""
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
-    bin_dir = _pg_bin()
-    if bin_dir is None:
-        if os.environ.get("FRAUD_REQUIRE_POSTGRES") == "1":
-            pytest.fail("PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)")
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql); .ci/run installs it")
-    # Not under pytest's root-only temp folder: the `postgres` user must be able to reach it.
-    data = Path(tempfile.mkdtemp(prefix="fraud-pg-"))
-    if os.geteuid() == 0:
-        pw = pwd.getpwnam("postgres")
-        os.chown(data, pw.pw_uid, pw.pw_gid)
-    port = _free_port()
-    _run(_as_db_user([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "mlflow", "--no-sync"]))
-    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {data} -c fsync=off"
-    _run(_as_db_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(data / "log"), "-w", "start"]))
-    try:
-        _run(_as_db_user([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"]))
-        yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
-    finally:
-        subprocess.run(_as_db_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                       check=False, capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
+    with pg_cluster() as cluster:
+        yield cluster.dsn
+
+
+def _with_password(dsn: str, password: str, database: str | None = None) -> str:
+    """``dsn`` with a password (trust authentication on loopback ignores it: what matters is where it travels)."""
+    out = dsn.replace("mlflow@", f"mlflow:{password}@", 1)
+    return out.rsplit("/", 1)[0] + f"/{database}" if database else out
 
 
 def test_train_register_promote_load_and_serve_on_postgres(postgres: str, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole path on PostgreSQL with password-bearing DSNs in the environment (MLflow's store and the online
+    store), as a bank runs it: afterwards neither the Dagster storage, the asset outputs, MLflow's database and
+    artifacts, nor Ray's logs hold the password."""
     monkeypatch.setenv("FRAUD_STATE_DIR", str(tmp_path / "state"))  # the prediction log of the served call
     from fraud_assets.orchestration.resources import (
         FrameIOManager,
@@ -87,17 +59,24 @@ def test_train_register_promote_load_and_serve_on_postgres(postgres: str, tmp_pa
         PredictionLogResource,
     )
 
+    password = "pw-" + secrets.token_hex(12)
+    subprocess.run(["psql", postgres, "-qc", "CREATE DATABASE store"], check=True, capture_output=True)
+    tracking, store = _with_password(postgres, password), _with_password(postgres, password, "store")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    monkeypatch.setenv("FRAUD_ONLINE_STORE", store)
     root = write_small_project(tmp_path / "project", months=4)
     params = load_params(root / "params.yaml")
     resources = {
         "project": FileHashProject(root=str(root), data_subdir=load_params(root / "params.yaml").data.dir),
-        "mlflow": MlflowResource(tracking_uri=postgres, artifact_root=(tmp_path / "artifacts").as_uri(),
+        "mlflow": MlflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
+                                 artifact_root=(tmp_path / "artifacts").as_uri(),
                                  experiment_name=load_params().registry.experiment),
         "io_manager": FrameIOManager(base_dir=str(tmp_path / "assets")),
         "prediction_log": PredictionLogResource(path=str(tmp_path / "predictions.sqlite")),
-        "store": OnlineStoreResource(path=str(tmp_path / "online_store.sqlite")),
+        "store": OnlineStoreResource(path=dg.EnvVar("FRAUD_ONLINE_STORE")),
     }
-    instance = dg.DagsterInstance.ephemeral()
+    (tmp_path / "dagster").mkdir()
+    instance = dg.DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster"))  # on disk: searched below
     months = month_range(params.data.start_month, params.data.months)
     for month in months:
         assert dg.materialize(build_assets(params), partition_key=month, resources=resources, instance=instance,
@@ -115,25 +94,42 @@ def test_train_register_promote_load_and_serve_on_postgres(postgres: str, tmp_pa
     served = load_alias(client, name, "champion")  # what a serving replica does at start
     assert served.version == decision["challenger_version"]
     assert served.threshold == pytest.approx(res.output_for_node("challenger_model")["threshold"], abs=1e-6)
-    # Serve once: Ray Serve resolves the champion from PostgreSQL and scores over HTTP.
+    # Serve once: Ray Serve resolves the champion from PostgreSQL and scores over HTTP, reading the store there.
     import httpx
+    import ray
 
     from serving.local import start_serving, stop_serving
 
     monkeypatch.setenv("FRAUD_API_KEY", "postgres-test-key")
-    url = start_serving(tracking_uri=postgres, port=_free_port())
+    url = start_serving(port=_free_port())  # the replicas read both DSNs from their environment
+    ray_logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
     try:
         tx = {"transaction_id": "pg-1", "tx_datetime": "2025-04-10T12:00:00+00:00", "customer_id": "C000001",
               "terminal_id": "T00001", "amount": 42.0}
         answer = httpx.post(f"{url}/predict", json=tx, headers={"x-api-key": os.environ["FRAUD_API_KEY"]},
                             timeout=30).raise_for_status().json()
+        ready = httpx.get(f"{url}/ready", timeout=10).text
     finally:
         stop_serving()
     assert answer["model_version"] == decision["challenger_version"] and 0.0 <= answer["fraud_probability"] <= 1.0
-    # The store really is PostgreSQL: MLflow's tables live in it.
+    assert not answer["degraded"] and password not in ready
+    # The stores really are PostgreSQL: MLflow's tables and the online store's rows live there.
     out = subprocess.run(["psql", postgres, "-tAc", "select count(*) from registered_models"],
                          check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "1"
+    out = subprocess.run(["psql", store, "-tAc", "select count(*) from transactions where transaction_id = 'pg-1'"],
+                         check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "1"
+    # Where the password must not be: every file written (Dagster's storage, asset outputs, artifacts, the state
+    # folder, Ray's logs) and both databases, dumped whole.
+    leaks = [str(p.relative_to(tmp_path) if p.is_relative_to(tmp_path) else p.name)
+             for folder in (tmp_path, ray_logs) for p in folder.rglob("*")
+             if p.is_file() and password.encode() in p.read_bytes()]
+    assert not leaks, f"the password was written to {leaks}"
+    for database in (postgres, store):
+        dump = subprocess.run(["pg_dump", database], check=True, capture_output=True, text=True).stdout
+        assert "registered_models" in dump or "transactions" in dump
+        assert password not in dump, f"the password is in {database.rsplit('/', 1)[1]}"
 
 
 def test_the_online_store_on_postgres_gives_batch_mode_features(postgres: str) -> None:
