@@ -56,9 +56,27 @@ def mlflow_artifact_root() -> str:
     return (state_dir() / "mlflow" / "artifacts").as_uri()
 
 
-def prediction_log_path() -> Path:
-    """The serving prediction log (SQLite): ``$FRAUD_PREDICTION_LOG`` or ``predictions.sqlite`` in the state folder."""
+def prediction_log_location() -> str:
+    """The serving prediction log: ``$FRAUD_PREDICTION_LOG`` (a ``postgresql://`` URL or a SQLite path), else
+    ``predictions.sqlite`` in the state folder."""
     env = os.environ.get("FRAUD_PREDICTION_LOG")
+    if env and env.startswith(("postgresql://", "postgres://")):
+        return env
+    return str(prediction_log_path())
+
+
+def prediction_log_path() -> Path:
+    """The serving prediction log's SQLite file: ``$FRAUD_PREDICTION_LOG`` or ``predictions.sqlite`` in the state
+    folder.
+
+    Raises:
+        ValueError: ``$FRAUD_PREDICTION_LOG`` is a URL (read :func:`prediction_log_location`; the message hides the
+            password).
+    """
+    env = os.environ.get("FRAUD_PREDICTION_LOG")
+    if env and "://" in env:
+        raise ValueError(f"$FRAUD_PREDICTION_LOG is a URL ({redact_url(env)}), not a file: read "
+                         "prediction_log_location()")
     return Path(env).resolve() if env else state_dir() / "predictions.sqlite"
 
 

@@ -81,7 +81,7 @@ from fraud_assets.settings import (
     disable_telemetry,
     mlflow_tracking_uri,
     online_store_location,
-    prediction_log_path,
+    prediction_log_location,
     token_key,
 )
 from serving.api import (
@@ -259,7 +259,7 @@ class FraudScorer:
     def __init__(self, tracking_uri: str | None, model_name: str, alias: str, num_threads: int,
                  reload_interval_s: float, max_batch_size: int,
                  batch_wait_timeout_s: float, max_batch_rows: int, max_body_bytes: int, max_amount: float,
-                 min_tx_date: date, prediction_log: str, online_store: str | None, insecure_local: bool = False,
+                 min_tx_date: date, prediction_log: str | None, online_store: str | None, insecure_local: bool = False,
                  reasons: Literal["alerts", "all"] = "alerts", store_timeout_s: float = 0.1,
                  store_retry_s: float = 1.0, max_pending_rows: int = 100_000,
                  prediction_log_max_rows: int = 200_000, prediction_log_retention_days: int | None = None,
@@ -296,7 +296,7 @@ class FraudScorer:
         self._reasons: Literal["alerts", "all"] = reasons
         self._reload_interval_s = reload_interval_s
         self._refusals = RefusalMemory(reload_interval_s, max(300.0, reload_interval_s))
-        self._log = PredictionLog(prediction_log, max_queued_rows=prediction_log_max_rows,
+        self._log = PredictionLog(prediction_log or prediction_log_location(), max_queued_rows=prediction_log_max_rows,
                                   on_drop=self._metrics.log_dropped.inc, retention_days=prediction_log_retention_days)
         self._store = ResilientStore(open_store(online_store or online_store_location(), timeout_s=store_timeout_s),
                                      retry_s=store_retry_s,
@@ -536,7 +536,7 @@ def build_app(args: AppArgs) -> Application:
         max_body_bytes=s.max_body_bytes,
         max_amount=params.data.max_amount,
         min_tx_date=params.data.min_tx_date,
-        prediction_log=args.prediction_log or str(prediction_log_path()),
+        prediction_log=args.prediction_log,  # None: $FRAUD_PREDICTION_LOG (a path or a postgresql:// URL)
         online_store=args.online_store,  # None: the replica reads $FRAUD_ONLINE_STORE
         insecure_local=args.insecure_local,
         reasons=s.reasons,

@@ -1,12 +1,19 @@
-"""The prediction log: every scored transaction and every late label, in SQLite (WAL) in the state folder.
+"""The prediction log, serving's audit trail: every scored transaction and every late label, in a SQLite file (WAL)
+in the state folder or, for replicas on several machines, in PostgreSQL.
 
-Scoring never waits for the disk: :meth:`PredictionLog.record` puts rows on an in-memory queue bounded by rows
+Scoring never waits for the database: :meth:`PredictionLog.record` puts rows on an in-memory queue bounded by rows
 and a background thread writes them in batches (one transaction per flush); :meth:`PredictionLog.close` flushes
 what is left. When the disk refuses a write (full, locked too long) the rows wait for the next flush within the
 same bound; beyond it rows are dropped and counted, never blocking a request. A batch whose rows cannot be built
 is dropped and counted alone. :meth:`PredictionLog.status` reports all of it (``/ready``). Labels are written
 synchronously, so a 200 from ``POST /labels`` means they are on disk. Retention (``retention_days``) prunes rows
 dated that long before the newest row.
+
+Where it lives (``$FRAUD_PREDICTION_LOG``): the path of a SQLite file (the default) or a ``postgresql://`` URL. The
+writer reaches either through one small seam (:class:`_SqliteBackend`, :class:`_PostgresBackend`); the readers
+(``read_*``, :func:`scored_days`, :func:`label_status`) take either location. A PostgreSQL server that goes away is a
+disk that refuses writes: the rows wait within the bound and the writer reconnects at the next flush. Neither
+``status()`` nor the log's lines show a URL's password.
 
 Schema (``live_performance`` joins ``predictions`` with ``labels`` on ``transaction_id``)::
 
@@ -23,16 +30,24 @@ Both tables are indexed by ``transaction_id``; ``predictions`` also by ``tx_date
 day). Serving writes ``tx_datetime`` in UTC (``+00:00``), so a day's rows are a range of that column; readers still
 narrow with a day of slack and filter exactly in UTC, for rows written with another offset.
 
-Several replicas (processes) may share one file: SQLite's WAL mode with a busy timeout serialises writers.
+In PostgreSQL (:data:`POSTGRES_SCHEMA`) the tables are the same, REAL as DOUBLE PRECISION, the time columns
+compared byte by byte as SQLite compares text (``COLLATE "C"``, whatever the database's locale); ``labels`` also has
+``arrival``, an identity column standing for SQLite's ``rowid`` (the order labels came in). PostgreSQL text holds no
+NUL character: one is written as U+FFFD.
+
+Several replicas (processes) may share one file: SQLite's WAL mode with a busy timeout serialises writers. Replicas
+on several machines share one PostgreSQL database.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from time import monotonic
@@ -42,6 +57,7 @@ import orjson
 import pandas as pd
 
 from fraud_assets.core.months import month_bounds
+from fraud_assets.settings import redact_url
 
 logger = logging.getLogger("ray.serve")
 
@@ -62,7 +78,29 @@ _INSERT_PREDICTION = ("INSERT INTO predictions (request_id, transaction_id, tx_d
                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 ALERT_COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "scored_at", "model_version",
                  "features", "fraud_probability", "threshold", "reasons"]
-_INSERT_LABEL = "INSERT INTO labels VALUES (?, ?, ?, ?)"
+_INSERT_LABEL = "INSERT INTO labels (transaction_id, is_fraud, received_at, request_id) VALUES (?, ?, ?, ?)"
+_PREDICTION_COLUMNS = ("request_id", "transaction_id", "tx_datetime", "customer_id", "terminal_id", "scored_at",
+                       "model_version", "features", "fraud_probability", "alert", "threshold", "reasons", "degraded")
+_LABEL_ROW_COLUMNS = ("transaction_id", "is_fraud", "received_at", "request_id")
+
+POSTGRES_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS predictions (
+    request_id TEXT NOT NULL, transaction_id TEXT NOT NULL, tx_datetime TEXT COLLATE "C" NOT NULL,
+    customer_id TEXT NOT NULL, terminal_id TEXT NOT NULL, scored_at TEXT COLLATE "C" NOT NULL,
+    model_version TEXT NOT NULL, features TEXT NOT NULL, fraud_probability DOUBLE PRECISION NOT NULL,
+    alert INTEGER NOT NULL, threshold DOUBLE PRECISION NOT NULL, reasons TEXT NOT NULL DEFAULT '[]',
+    degraded INTEGER NOT NULL DEFAULT 0)""",
+    "CREATE INDEX IF NOT EXISTS predictions_transaction ON predictions (transaction_id)",
+    "CREATE INDEX IF NOT EXISTS predictions_time ON predictions (tx_datetime)",
+    """CREATE TABLE IF NOT EXISTS labels (
+    transaction_id TEXT NOT NULL, is_fraud INTEGER NOT NULL, received_at TEXT COLLATE "C" NOT NULL,
+    request_id TEXT NOT NULL, arrival BIGINT GENERATED ALWAYS AS IDENTITY)""",
+    "CREATE INDEX IF NOT EXISTS labels_transaction ON labels (transaction_id)",
+)
+_POSTGRES_OBJECTS = ("predictions", "predictions_transaction", "predictions_time", "labels", "labels_transaction")
+_SCHEMA_LOCK = 0x70726564  # the advisory lock replicas starting together take to make the tables once
+_POSTGRES_PREFIXES = ("postgresql://", "postgres://")
+_READ_CONNECT_TIMEOUT_S = 30.0
 
 
 class LabelSink(Protocol):
@@ -73,10 +111,15 @@ class LabelSink(Protocol):
         ...
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
-    """A connection to the log in WAL mode with the schema in place."""
+def is_postgres(location: str | Path) -> bool:
+    """Whether ``location`` is a PostgreSQL URL (else the path of a SQLite file)."""
+    return str(location).startswith(_POSTGRES_PREFIXES)
+
+
+def connect(path: str | Path, timeout_s: float = 30.0) -> sqlite3.Connection:
+    """A connection to the SQLite log in WAL mode with the schema in place (``timeout_s``: the busy timeout)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
+    conn = sqlite3.connect(str(path), timeout=timeout_s, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
@@ -113,6 +156,63 @@ def _read_only(path: str | Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
 
 
+def _pg_connect(dsn: str, timeout_s: float, read_only: bool = False) -> Any:
+    """A psycopg connection in autocommit mode, the connect bounded by ``timeout_s`` (libpq counts whole seconds, 2
+    at least); a writer's statements are bounded too, a reader's session is read-only (a month's read may be long)."""
+    import psycopg  # only a PostgreSQL log needs the driver
+
+    conn = psycopg.connect(dsn, autocommit=True, connect_timeout=max(2, math.ceil(timeout_s)))
+    try:  # set_config, not the connect's `options`: those would replace any the URL gives (a search_path)
+        if read_only:
+            conn.execute("SELECT set_config('default_transaction_read_only', 'on', false)")
+        else:
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", (str(max(1, int(timeout_s * 1000))),))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class _Reading:
+    """A reader's connection (None: no log yet, no rows). SQL is written with SQLite's ``?`` marks."""
+
+    def __init__(self, conn: Any, postgres: bool = False) -> None:
+        self._conn, self._postgres = conn, postgres
+        self.arrival = "arrival" if postgres else "rowid"  # the column ordering labels by arrival
+        if postgres:
+            import psycopg
+
+            self._missing: tuple[type[Exception], ...] = (psycopg.errors.UndefinedTable,)
+        else:
+            self._missing = ()
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """The rows of ``sql``; none when there is no log yet (a missing file, tables not made yet in PostgreSQL)."""
+        if self._conn is None:
+            return []
+        try:
+            return self._conn.execute(sql.replace("?", "%s") if self._postgres else sql, params).fetchall()
+        except self._missing:
+            return []
+
+    def frame(self, columns: Sequence[str], sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        """:meth:`rows` as a frame of ``columns`` (the same dtypes from either database)."""
+        return pd.DataFrame.from_records(self.rows(sql, params), columns=list(columns), coerce_float=True)
+
+
+@contextmanager
+def _reading(location: str | Path) -> Iterator[_Reading]:
+    """A read-only connection to the log at ``location`` (a SQLite file opened read-only, or PostgreSQL)."""
+    if is_postgres(location):
+        with closing(_pg_connect(str(location), _READ_CONNECT_TIMEOUT_S, read_only=True)) as conn:
+            yield _Reading(conn, postgres=True)
+    elif not Path(location).exists():
+        yield _Reading(None)
+    else:
+        with closing(_read_only(location)) as conn:
+            yield _Reading(conn)
+
+
 def _slack_bounds(start: datetime, end: datetime) -> tuple[str, str]:
     """``[start, end)`` widened by a day each side, as ISO date text (timestamps are stored with any offset)."""
     day = timedelta(days=1)
@@ -129,22 +229,18 @@ def _in_utc_range(frame: pd.DataFrame, start: datetime, end: datetime) -> pd.Dat
 
 
 def read_labels(path: str | Path) -> pd.DataFrame:
-    """Every label received: ``transaction_id, is_fraud, received_at`` (empty when no log yet)."""
-    if not Path(path).exists():
-        return pd.DataFrame(columns=_LABEL_COLUMNS)
-    with _read_only(path) as conn:
-        return pd.read_sql_query(f"SELECT {', '.join(_LABEL_COLUMNS)} FROM labels", conn)
+    """Every label received, in arrival order: ``transaction_id, is_fraud, received_at`` (empty when no log yet)."""
+    with _reading(path) as log:
+        return log.frame(_LABEL_COLUMNS, f"SELECT {', '.join(_LABEL_COLUMNS)} FROM labels ORDER BY {log.arrival}")
 
 
 def _read_range(path: str | Path, columns: list[str], start: datetime, end: datetime, where: str = "TRUE"
                 ) -> pd.DataFrame:
     """``columns`` of the predictions matching ``where`` dated in ``[start, end)`` UTC (empty when no log yet)."""
-    if not Path(path).exists():
-        return pd.DataFrame(columns=columns)
     lo, hi = _slack_bounds(start, end)
-    with _read_only(path) as conn:
-        rows = pd.read_sql_query(f"SELECT {', '.join(columns)} FROM predictions "
-                                 f"WHERE {where} AND tx_datetime >= ? AND tx_datetime < ?", conn, params=(lo, hi))
+    with _reading(path) as log:
+        rows = log.frame(columns, f"SELECT {', '.join(columns)} FROM predictions "
+                                  f"WHERE {where} AND tx_datetime >= ? AND tx_datetime < ?", (lo, hi))
     return _in_utc_range(rows, start, end)
 
 
@@ -171,14 +267,12 @@ def read_alerts(path: str | Path, day: date) -> pd.DataFrame:
 
 def scored_days(path: str | Path, limit: int = 31) -> list[date]:
     """The latest ``limit`` UTC days with scored transactions, newest first (one index seek per day)."""
-    if not Path(path).exists():
-        return []
     days: list[date] = []
-    with _read_only(path) as conn:
+    with _reading(path) as log:
         below = "9999-12-31T23:59:59"
         while len(days) < limit:
-            (latest,) = conn.execute("SELECT MAX(tx_datetime) FROM predictions WHERE tx_datetime < ?",
-                                     (below,)).fetchone()
+            found = log.rows("SELECT MAX(tx_datetime) FROM predictions WHERE tx_datetime < ?", (below,))
+            latest = found[0][0] if found else None
             if latest is None:
                 break
             day = datetime.fromisoformat(latest).astimezone(UTC).date()
@@ -191,36 +285,178 @@ def scored_days(path: str | Path, limit: int = 31) -> list[date]:
 def label_status(path: str | Path, transaction_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
     """The latest label of each of ``transaction_ids`` that has one: ``{id: (is_fraud, received_at)}``."""
     ids = list(dict.fromkeys(map(str, transaction_ids)))
-    if not ids or not Path(path).exists():
+    if not ids:
         return {}
     found: dict[str, tuple[int, str]] = {}
-    with _read_only(path) as conn:
+    with _reading(path) as log:
         for i in range(0, len(ids), 500):  # SQLite caps bound parameters
             chunk = ids[i:i + 500]
-            for tid, is_fraud, received_at in conn.execute(
+            for tid, is_fraud, received_at in log.rows(
                     "SELECT transaction_id, is_fraud, received_at FROM labels WHERE transaction_id IN "
-                    f"({','.join('?' * len(chunk))}) ORDER BY received_at, rowid", chunk):
+                    f"({','.join('?' * len(chunk))}) ORDER BY received_at, {log.arrival}", chunk):
                 found[tid] = (int(is_fraud), received_at)  # ordered by arrival: the last one wins
     return found
 
 
+class _Backend(Protocol):
+    """Where the writer's rows go: a SQLite file or a PostgreSQL database, each connection used by one thread."""
+
+    errors: tuple[type[Exception], ...]  # what a refused write raises: its rows are kept for a retry
+
+    def connect(self) -> Any:
+        """A new connection, with the schema in place."""
+        ...
+
+    def usable(self, conn: Any) -> bool:
+        """Whether ``conn`` still works (False once the server cut it: the writer reconnects)."""
+        ...
+
+    def insert_predictions(self, conn: Any, rows: Sequence[tuple]) -> None:
+        """Insert ``predictions`` rows (:data:`_PREDICTION_COLUMNS` order) in one transaction."""
+        ...
+
+    def insert_labels(self, conn: Any, rows: Sequence[tuple]) -> None:
+        """Insert ``labels`` rows (:data:`_LABEL_ROW_COLUMNS` order) in one transaction."""
+        ...
+
+    def newest(self, conn: Any) -> str | None:
+        """The newest ``tx_datetime`` logged (None: no rows)."""
+        ...
+
+    def prune(self, conn: Any, before: str) -> int:
+        """Delete predictions with ``tx_datetime < before`` (as text); return how many went."""
+        ...
+
+
+class _SqliteBackend:
+    """The log in a SQLite file (WAL)."""
+
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+
+    def __init__(self, path: Path, timeout_s: float) -> None:
+        self.path, self.timeout_s = path, timeout_s
+
+    def connect(self) -> sqlite3.Connection:
+        """A connection in WAL mode with the schema in place (an older log gains the newer columns)."""
+        return connect(self.path, self.timeout_s)
+
+    def usable(self, conn: sqlite3.Connection) -> bool:
+        """A file's connection stays usable."""
+        return True
+
+    def insert_predictions(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
+        """Insert ``predictions`` rows in one transaction."""
+        with conn:
+            conn.executemany(_INSERT_PREDICTION, rows)
+
+    def insert_labels(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
+        """Insert ``labels`` rows in one transaction."""
+        with conn:
+            conn.executemany(_INSERT_LABEL, rows)
+
+    def newest(self, conn: sqlite3.Connection) -> str | None:
+        """The newest ``tx_datetime`` logged."""
+        return conn.execute("SELECT MAX(tx_datetime) FROM predictions").fetchone()[0]
+
+    def prune(self, conn: sqlite3.Connection, before: str) -> int:
+        """Delete predictions dated before ``before``."""
+        with conn:
+            return conn.execute("DELETE FROM predictions WHERE tx_datetime < ?", (before,)).rowcount
+
+
+class _PostgresBackend:
+    """The log in PostgreSQL (psycopg 3): the same tables, for replicas on several machines."""
+
+    def __init__(self, dsn: str, timeout_s: float) -> None:
+        import psycopg  # only a PostgreSQL log needs the driver
+
+        self.dsn, self.timeout_s = dsn, timeout_s
+        self.errors: tuple[type[Exception], ...] = (psycopg.Error,)
+        self._schema_made = False
+
+    def connect(self) -> Any:
+        """A connection, each statement bounded by the timeout; the tables are made on the first."""
+        conn = _pg_connect(self.dsn, self.timeout_s)
+        try:
+            if not self._schema_made:
+                _make_postgres_schema(conn)
+                self._schema_made = True
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def usable(self, conn: Any) -> bool:
+        """False once the server cut the connection (it stopped, restarted, or the network failed)."""
+        return not (conn.closed or conn.broken)
+
+    def insert_predictions(self, conn: Any, rows: Sequence[tuple]) -> None:
+        """COPY ``predictions`` rows in one transaction."""
+        _copy(conn, "predictions", _PREDICTION_COLUMNS, rows)
+
+    def insert_labels(self, conn: Any, rows: Sequence[tuple]) -> None:
+        """COPY ``labels`` rows in one transaction (``arrival`` numbers them)."""
+        _copy(conn, "labels", _LABEL_ROW_COLUMNS, rows)
+
+    def newest(self, conn: Any) -> str | None:
+        """The newest ``tx_datetime`` logged (an index seek)."""
+        return conn.execute("SELECT MAX(tx_datetime) FROM predictions").fetchone()[0]
+
+    def prune(self, conn: Any, before: str) -> int:
+        """Delete predictions dated before ``before``."""
+        return conn.execute("DELETE FROM predictions WHERE tx_datetime < %s", (before,)).rowcount
+
+
+def _make_postgres_schema(conn: Any) -> None:
+    """The tables and indexes of :data:`POSTGRES_SCHEMA` unless all are there (then no DDL, no table lock); replicas
+    starting together take turns on an advisory lock (concurrent ``CREATE ... IF NOT EXISTS`` can collide)."""
+    have = conn.execute("SELECT " + ", ".join(["to_regclass(%s) IS NOT NULL"] * len(_POSTGRES_OBJECTS)),
+                        _POSTGRES_OBJECTS).fetchone()
+    if all(have):
+        return
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        for statement in POSTGRES_SCHEMA:
+            conn.execute(statement)
+
+
+def _copy(conn: Any, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
+    """``rows`` into ``table`` with COPY in one transaction (PostgreSQL text holds no NUL: one becomes U+FFFD)."""
+    with conn.transaction(), conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([v.replace("\x00", "\ufffd") if isinstance(v, str) else v for v in row])
+
+
 class PredictionLog:
     """Batched, off-the-hot-path writer of the ``predictions`` table, and a :class:`LabelSink`.
+
+    ``path``: the log's location, a SQLite file or a ``postgresql://`` URL (kept as :attr:`path`, what the readers
+    take: a ``Path`` or the URL). ``timeout_s``: SQLite's busy timeout; PostgreSQL's connect and statement timeout.
 
     Bounded by rows: at most ``max_queued_rows`` wait in memory (queued, or built and waiting for a retry after a
     failed write such as a full disk); beyond that a scored batch is dropped and counted (``on_drop``, the
     ``dropped`` count, ``/ready``), never blocking a request. A batch whose rows cannot be built is dropped and
     counted alone; the writer thread keeps going. With ``retention_days``, rows dated more than that before the
     newest row are deleted once per ``prune_every_s`` (by the newest row, not the clock: a replayed year keeps its
-    rows).
+    rows). A failed write (a full disk, a PostgreSQL server gone) is retried at the next flush, on a new connection
+    when the server cut the old one.
     """
 
     def __init__(self, path: str | Path, flush_interval_s: float = 0.25, max_queued_rows: int = 200_000,
                  on_drop: Callable[[int], None] | None = None, retention_days: int | None = None,
-                 prune_every_s: float = 3600.0) -> None:
-        self.path = Path(path)
+                 prune_every_s: float = 3600.0, timeout_s: float = 30.0) -> None:
+        self.path: Path | str
+        self._backend: _Backend
+        if is_postgres(path):
+            self.path = str(path)
+            self._name = redact_url(self.path)  # for the log's lines: never a password
+            self._backend = _PostgresBackend(self.path, timeout_s)
+        else:
+            self.path = Path(path)
+            self._name = self.path.name
+            self._backend = _SqliteBackend(self.path, timeout_s)
         self._on_drop = on_drop
-        self._conn = connect(self.path)
+        self._conn: Any = self._backend.connect()  # the writer thread's (None after a failed reconnect)
         self._labels_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._queue: queue.Queue[tuple | None] = queue.Queue()
@@ -257,9 +493,12 @@ class PredictionLog:
         """Write labels with their arrival time and commit before returning."""
         received_at = datetime.now(UTC).isoformat()
         rows = [(str(x["transaction_id"]), int(x["is_fraud"]), received_at, request_id) for x in labels]
-        with self._labels_lock, connect(self.path) as conn:
-            conn.executemany(_INSERT_LABEL, rows)
-        conn.close()
+        with self._labels_lock:
+            conn = self._backend.connect()
+            try:
+                self._backend.insert_labels(conn, rows)
+            finally:
+                conn.close()
         return len(rows)
 
     def status(self) -> dict[str, Any]:
@@ -301,7 +540,8 @@ class PredictionLog:
                 except queue.Empty:
                     break
             self._write(batch)
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
 
     def _built(self, item: tuple) -> list[tuple]:
         """The rows of one queued batch; a batch that cannot be built is dropped and counted, the writer goes on."""
@@ -321,9 +561,11 @@ class PredictionLog:
         if not rows:
             return
         try:
-            with self._conn:
-                self._conn.executemany(_INSERT_PREDICTION, rows)
-        except sqlite3.Error as exc:  # a full disk, a lock held too long: kept for the next flush, within the bound
+            if self._conn is None or not self._backend.usable(self._conn):
+                self._reconnect()
+            self._backend.insert_predictions(self._conn, rows)
+        except self._backend.errors as exc:  # a full disk, a lock held too long, a server gone: the rows are kept
+            # for the next flush, within the bound
             with self._count_lock:
                 over = max(0, len(rows) + self._queued - self._max_rows)
                 self._retry = rows[over:]
@@ -336,26 +578,32 @@ class PredictionLog:
         self.error = None
         self._prune_when_due()
 
+    def _reconnect(self) -> None:
+        """A new connection for the writer in place of one the server cut (raises while the server is away)."""
+        old, self._conn = self._conn, None
+        if old is not None:
+            old.close()
+        self._conn = self._backend.connect()
+
     def _prune_when_due(self) -> None:
         now = monotonic()
         if self._retention_days is None or now < self._next_prune:
             return
         self._next_prune = now + self._prune_every_s
         try:
-            (newest,) = self._conn.execute("SELECT MAX(tx_datetime) FROM predictions").fetchone()
+            newest = self._backend.newest(self._conn)
             if newest is None:
                 return
             cutoff = datetime.fromisoformat(newest).astimezone(UTC) - timedelta(days=self._retention_days + 1)
-            with self._conn:  # a day of slack: rows are compared as text, written with any offset
-                self.pruned += self._conn.execute("DELETE FROM predictions WHERE tx_datetime < ?",
-                                                  (cutoff.isoformat(),)).rowcount
-        except (sqlite3.Error, ValueError) as exc:
+            # a day of slack: rows are compared as text, written with any offset
+            self.pruned += self._backend.prune(self._conn, cutoff.isoformat())
+        except (*self._backend.errors, ValueError) as exc:
             self._note(exc, "could not prune", failing=False)
 
     def _note(self, exc: BaseException, what: str, failing: bool = True) -> None:
-        message = f"{what}: {type(exc).__name__}: {exc}".splitlines()[0][:300]
+        message = redact_url(f"{what}: {type(exc).__name__}: {exc}".splitlines()[0])[:300]
         if not (failing and self.error is not None):  # one line per episode of failing writes, not one per flush
-            logger.error("prediction log %s: %s", self.path.name, message)
+            logger.error("prediction log %s: %s", self._name, message)
         self.last_error = message
         if failing:
             self.error = message

@@ -54,7 +54,8 @@ def default_resources(root: Path, params: Params) -> dict[str, Any]:
                                  artifact_root=settings.mlflow_artifact_root(),
                                  experiment_name=params.registry.experiment),
         "io_manager": FrameIOManager(base_dir=str(settings.state_dir() / "assets")),
-        "prediction_log": PredictionLogResource(path=str(settings.prediction_log_path())),
+        "prediction_log": PredictionLogResource(path=_from_env("FRAUD_PREDICTION_LOG",
+                                                               settings.prediction_log_location())),
         "store": OnlineStoreResource(path=_from_env("FRAUD_ONLINE_STORE", settings.online_store_location())),
     }
 

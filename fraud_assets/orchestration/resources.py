@@ -66,7 +66,8 @@ class OnlineStoreResource(dg.ConfigurableResource):
 
 
 class PredictionLogResource(dg.ConfigurableResource):
-    """The serving prediction log (SQLite, written by the Ray Serve replicas), read-only."""
+    """The serving prediction log (written by the Ray Serve replicas), read-only: a SQLite path (the default) or a
+    ``postgresql://`` URL (give it as ``dg.EnvVar`` so the UI shows the variable, not the password)."""
 
     path: str
 

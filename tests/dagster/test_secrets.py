@@ -45,3 +45,4 @@ def test_the_serving_app_carries_no_credentials_in_its_arguments(monkeypatch: py
     bound = build_app(AppArgs())._bound_deployment
     assert SECRET.encode() not in cloudpickle.dumps((bound.init_args, bound.init_kwargs))  # what Serve keeps
     assert bound.init_kwargs["tracking_uri"] is None and bound.init_kwargs["online_store"] is None
+    assert bound.init_kwargs["prediction_log"] is None

@@ -90,7 +90,7 @@ class Service:
     log: Path
     mlflow: subprocess.Popen | None
     store: str  # the online store's location: a SQLite path or a PostgreSQL URL
-    prediction_log: Path
+    prediction_log: str  # the same for the prediction log
     tmpfs: Path | None
     traffic: list[dict[str, Any]]
     cursor: int = 0
@@ -135,8 +135,8 @@ def _traffic_and_model(tmp: Path, store_location: str) -> tuple[Path, list[dict[
 
 
 @contextmanager
-def running_service(tmp: Path, store_location: str, mlflow_server: bool = True, log_disk_mb: int | None = None
-                    ) -> Iterator[Service]:
+def running_service(tmp: Path, store_location: str, mlflow_server: bool = True, log_disk_mb: int | None = None,
+                    prediction_log: str | None = None) -> Iterator[Service]:
     """`fraud serve` on a fresh project, its champion in a real MLflow server (or a SQLite tracking store)."""
     project, traffic, booster = _traffic_and_model(tmp, store_location)
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -162,10 +162,10 @@ def running_service(tmp: Path, store_location: str, mlflow_server: bool = True, 
         version = _register(tracking, artifact_root, booster, {"threshold": "0.5"})
         mlflow_registry.client_for(tracking).set_registered_model_alias(MODEL, ALIAS, version)
         port, log = _free_port(), tmp / "serve.log"
-        prediction_log = tmpfs / "predictions.sqlite"
+        prediction_log = prediction_log or str(tmpfs / "predictions.sqlite")
         serve_env = {**env, "FRAUD_API_KEY": KEY, "MLFLOW_TRACKING_URI": tracking, "FRAUD_PROJECT_ROOT": str(project),
                      "FRAUD_STATE_DIR": str(tmp / "state"), "FRAUD_ONLINE_STORE": store_location,
-                     "FRAUD_PREDICTION_LOG": str(prediction_log)}
+                     "FRAUD_PREDICTION_LOG": prediction_log}
         proc = subprocess.Popen([str(Path(sys.executable).with_name("fraud")), "serve", "--port", str(port)],
                                 cwd=ROOT, env=serve_env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -275,7 +275,8 @@ class Load:
             await asyncio.sleep(0.1)
 
 
-def _stored_ids(location: str, ids: set[str]) -> set[str]:
+def _ids_in(location: str, table: str, ids: set[str]) -> set[str]:
+    """Which of ``ids`` are in ``table`` (``transactions`` of the store, ``predictions`` of the log) at ``location``."""
     wanted = list(ids)
     found: set[str] = set()
     if location.startswith("postgresql://"):
@@ -283,25 +284,14 @@ def _stored_ids(location: str, ids: set[str]) -> set[str]:
 
         with psycopg.connect(location) as conn:
             for i in range(0, len(wanted), 5000):
-                found |= {r[0] for r in conn.execute("SELECT transaction_id FROM transactions WHERE transaction_id = "
+                found |= {r[0] for r in conn.execute(f"SELECT transaction_id FROM {table} WHERE transaction_id = "
                                                      "ANY(%s)", (wanted[i:i + 5000],))}
         return found
     with sqlite3.connect(f"file:{location}?mode=ro", uri=True, timeout=30) as conn:
         for i in range(0, len(wanted), 500):
             part = wanted[i:i + 500]
             found |= {r[0] for r in conn.execute(
-                f"SELECT transaction_id FROM transactions WHERE transaction_id IN ({','.join('?' * len(part))})", part)}
-    return found
-
-
-def _logged_ids(path: Path, ids: set[str]) -> set[str]:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
-        found: set[str] = set()
-        chunk = list(ids)
-        for i in range(0, len(chunk), 500):
-            part = chunk[i:i + 500]
-            found |= {r[0] for r in conn.execute(
-                f"SELECT transaction_id FROM predictions WHERE transaction_id IN ({','.join('?' * len(part))})", part)}
+                f"SELECT transaction_id FROM {table} WHERE transaction_id IN ({','.join('?' * len(part))})", part)}
     return found
 
 
@@ -321,8 +311,8 @@ def _settled(service: Service, timeout_s: float = 60) -> dict[str, Any]:
 
 def _lost(service: Service, ids: list[str]) -> tuple[int, int]:
     wanted = set(ids)
-    return (len(wanted - _stored_ids(service.store, wanted)),
-            len(wanted - _logged_ids(service.prediction_log, wanted)))
+    return (len(wanted - _ids_in(service.store, "transactions", wanted)),
+            len(wanted - _ids_in(service.prediction_log, "predictions", wanted)))
 
 
 def _report(name: str, outcome: Outcome, **extra: Any) -> None:

@@ -1,8 +1,10 @@
-"""The online store on PostgreSQL, stopped and started under load (see :mod:`tests.serving.test_faults`).
+"""The online store and the prediction log on PostgreSQL (as several replicas or machines share them), the server
+stopped and started under load (see :mod:`tests.serving.test_faults`).
 
 While the server is down every read fails at once (connection refused): answers are degraded (scored without the
-card's past, flagged, counted), never 500s; the transactions wait in the replica's backlog and reach PostgreSQL
-once it is back. The champion comes from a SQLite tracking store here (MLflow is not the fault under test).
+card's past, flagged, counted), never 500s; the transactions wait in the replica's store backlog and the log's
+retry buffer, and reach PostgreSQL once it is back. The champion comes from a SQLite tracking store here (MLflow
+is not the fault under test).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def pg_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, PgCluster]]:
     tmp = tmp_path_factory.mktemp("faults-pg")
-    with pg_cluster() as cluster, running_service(tmp, cluster.dsn, mlflow_server=False) as served:
+    with pg_cluster() as cluster, running_service(tmp, cluster.dsn, mlflow_server=False,
+                                                   prediction_log=cluster.dsn) as served:
         yield served, cluster
 
 
@@ -35,7 +38,8 @@ def test_postgres_stopped_and_started_under_load(pg_service: tuple[Service, PgCl
         cluster.stop()
         down_at = len(load.outcome.answered)
         time.sleep(4.0)
-        during = service.ready()["store"]
+        ready_down = service.ready()
+        during, log_during = ready_down["store"], ready_down["prediction_log"]
         cluster.start()
         deadline = time.monotonic() + 30
         while service.ready()["store"]["pending_rows"] and time.monotonic() < deadline:
@@ -57,3 +61,5 @@ def test_postgres_stopped_and_started_under_load(pg_service: tuple[Service, PgCl
     assert outcome.degraded > 0 and ready["store"]["written_late"] > 0
     assert (lost_store, lost_log) == (0, 0) and ready["store"]["dropped_rows"] == 0
     assert ready["store"]["error"] is None
+    assert log_during["error"] is not None and ready["prediction_log"]["error"] is None
+    assert ready["prediction_log"]["dropped"] == 0
