@@ -326,7 +326,7 @@ class FraudScorer:
                          token_key_id=key_id(self._token_key) if self._token_key else None)
         return _json(body.model_dump(), status_code=200 if predictor else 503)
 
-    @app.get("/metrics", response_class=Response, openapi_extra=KEYED)
+    @app.get("/metrics", response_class=Response, openapi_extra=KEYED, responses={401: REFUSALS[401]})
     async def metrics(self) -> Response:
         """Prometheus metrics of this replica."""
         self._metrics.store_pending.set(self._store.status().pending_rows)
