@@ -94,6 +94,16 @@ class TransactionStore(Protocol):
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _FEW_KEYS = 500  # above this many distinct keys a history read goes in chunks (SQLite's bound-parameter cap)
+# A statement timeout is for a read of one micro-batch: up to this many keys (32 transactions' cards and terminals).
+# A larger read (/predict/batch, 10,000 rows) gets the timeout once per this many keys, up to MAX_READ_S.
+KEYS_PER_TIMEOUT = 64
+MAX_READ_S = 30.0
+
+
+def read_budget_s(timeout_s: float, n_keys: int) -> float:
+    """How long a history read of ``n_keys`` customers and terminals may take with a statement timeout of
+    ``timeout_s``: the timeout per :data:`KEYS_PER_TIMEOUT` keys, at most :data:`MAX_READ_S` (or the timeout)."""
+    return min(max(MAX_READ_S, timeout_s), timeout_s * max(1.0, n_keys / KEYS_PER_TIMEOUT))
 
 
 def _scored_rows(transactions: Sequence[Mapping[str, Any]]) -> list[tuple]:
@@ -185,6 +195,12 @@ class SqliteTransactionStore(_OneConnectionPerThread):
         self._local.deadline = time.monotonic() + self.timeout_s
         return conn
 
+    def _reading(self, n_keys: int) -> sqlite3.Connection:
+        """The connection, its statement deadline sized for a history read of ``n_keys`` keys."""
+        conn = self._connect()
+        self._local.deadline = time.monotonic() + read_budget_s(self.timeout_s, n_keys)
+        return conn
+
     def _overdue(self) -> int:
         """SQLite's progress handler: non-zero interrupts the statement (``sqlite3.OperationalError: interrupted``)."""
         return int(time.monotonic() > self._local.deadline)
@@ -200,12 +216,13 @@ class SqliteTransactionStore(_OneConnectionPerThread):
                f"WHERE customer_id IN ({in_c}) AND ts >= ? AND ts < ? UNION ALL "
                f"SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
                f"WHERE terminal_id IN ({in_t}) AND ts >= ? AND ts < ? AND customer_id NOT IN ({in_c})")
-        records = self._connect().execute(sql, [*cs, since_s, until_s, *ts, since_s, until_s, *cs]).fetchall()
+        records = self._reading(len(cs) + len(ts)).execute(sql, [*cs, since_s, until_s, *ts, since_s, until_s, *cs]
+                                                          ).fetchall()
         return _rows(records)
 
     def _history_many(self, cs: list[str], ts: list[str], since_s: int, until_s: int) -> Rows:
         """:meth:`history` for a large batch: key lists in chunks (SQLite caps bound parameters), each row once."""
-        conn, records, customers = self._connect(), [], set(cs)
+        conn, records, customers = self._reading(len(cs) + len(ts)), [], set(cs)
         for column, keys in (("customer_id", cs), ("terminal_id", ts)):
             for i in range(0, len(keys), _FEW_KEYS):
                 chunk = keys[i:i + _FEW_KEYS]
@@ -296,13 +313,22 @@ class PostgresTransactionStore(_OneConnectionPerThread):
     def history(self, customers: Sequence[str], terminals: Sequence[str], since_s: int, until_s: int) -> Rows:
         """Rows of these customers or terminals in ``[since_s, until_s)``, each once (arrays: no parameter cap)."""
         cs, ts = list(dict.fromkeys(map(str, customers))), list(dict.fromkeys(map(str, terminals)))
-        records = self._connect().execute(
+        conn = self._connect()
+        budget = read_budget_s(self.timeout_s, len(cs) + len(ts)) if self.timeout_s is not None else None
+        if budget is not None and budget > self.timeout_s:  # a batch's read: its own budget, for this statement only
+            with conn.transaction():
+                conn.execute(f"SET LOCAL statement_timeout = {int(budget * 1000)}")
+                return _rows(self._history_rows(conn, cs, ts, since_s, until_s))
+        return _rows(self._history_rows(conn, cs, ts, since_s, until_s))
+
+    @staticmethod
+    def _history_rows(conn: Any, cs: list[str], ts: list[str], since_s: int, until_s: int) -> list[tuple]:
+        return conn.execute(
             "SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
             "WHERE customer_id = ANY(%(cs)s) AND ts >= %(lo)s AND ts < %(hi)s UNION ALL "
             "SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
             "WHERE terminal_id = ANY(%(ts)s) AND ts >= %(lo)s AND ts < %(hi)s AND NOT customer_id = ANY(%(cs)s)",
             {"cs": cs, "ts": ts, "lo": since_s, "hi": until_s}).fetchall()
-        return _rows(records)
 
     def append(self, transactions: Sequence[Mapping[str, Any]]) -> int:
         """Insert scored transactions without a label (ids already stored are kept as they are)."""

@@ -164,3 +164,13 @@ def test_a_slow_statement_is_interrupted_at_the_timeout(tmp_path: Path) -> None:
                      ).fetchone()
     assert time.monotonic() - started < 5
     assert len(FEATURE_COLUMNS) and store.count() == 0  # the connection still works afterwards
+
+
+def test_a_batch_read_gets_the_timeout_per_64_keys_up_to_30_s() -> None:
+    """A /predict micro-batch (up to 32 transactions: 64 keys) is bound by serve.store_timeout_s; a 10,000-row
+    /predict/batch read gets a budget in proportion, else every large batch would be scored degraded."""
+    from fraud_assets.adapters.online_store import read_budget_s
+
+    assert read_budget_s(0.1, 1) == read_budget_s(0.1, 64) == 0.1
+    assert read_budget_s(0.1, 6400) == pytest.approx(10.0)
+    assert read_budget_s(0.1, 1_000_000) == 30.0 and read_budget_s(60.0, 1) == 60.0
