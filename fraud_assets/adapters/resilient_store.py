@@ -160,10 +160,10 @@ class ResilientStore:
                 self._failed(exc, reads=False)
         with self._lock:
             self._pending_labels.extend(labels)
-            over = len(self._pending_labels) - self._max_pending
-            for _ in range(max(0, over)):
+            over = max(0, len(self._pending_labels) - self._max_pending)
+            for _ in range(over):
                 self._pending_labels.popleft()
-        self._count_dropped(max(0, over))
+        self._count_dropped(over)
         self._wake.set()
         return 0
 
@@ -175,19 +175,22 @@ class ResilientStore:
             for p in items:
                 self._by_customer.setdefault(p.customer, []).append(p)
                 self._by_terminal.setdefault(p.terminal, []).append(p)
-            over = len(self._pending) - self._max_pending
-            if over > 0:
-                for _ in range(over):
-                    self._pending.popleft()
-                self._reindex()
-        self._count_dropped(max(0, over))
+            over = max(0, len(self._pending) - self._max_pending)
+            self._forget_oldest(over)
+        self._count_dropped(over)
         self._wake.set()
 
-    def _reindex(self) -> None:
-        self._by_customer, self._by_terminal = {}, {}
-        for p in self._pending:
-            self._by_customer.setdefault(p.customer, []).append(p)
-            self._by_terminal.setdefault(p.terminal, []).append(p)
+    def _forget_oldest(self, n: int, written: set[int] | None = None) -> None:
+        """Drop the ``n`` oldest waiting rows (or, with ``written``, the oldest ones whose ids are in it) from the
+        backlog and its key indexes (under the lock): the oldest row of a key is the first of its list."""
+        while self._pending and (n > 0 if written is None else id(self._pending[0]) in written):
+            p = self._pending.popleft()
+            n -= 1
+            for index, key in ((self._by_customer, p.customer), (self._by_terminal, p.terminal)):
+                rows = index[key]
+                rows.pop(0)
+                if not rows:
+                    del index[key]
 
     def _count_dropped(self, n: int) -> None:
         if n:
@@ -239,13 +242,11 @@ class ResilientStore:
         except self._errors as exc:
             self._failed(exc, reads=False)
             return False
-        with self._lock:
-            for _ in range(min(len(rows), len(self._pending))):
-                self._pending.popleft()
-            for _ in range(min(len(labels), len(self._pending_labels))):
+        with self._lock:  # by identity: rows dropped meanwhile (a full backlog) must not take newer rows with them
+            self._forget_oldest(0, {id(p) for p in rows})
+            sent = {id(label) for label in labels}
+            while self._pending_labels and id(self._pending_labels[0]) in sent:
                 self._pending_labels.popleft()
-            if rows:
-                self._reindex()
             self._written_late += len(rows)
             left = bool(self._pending or self._pending_labels)
         if rows or labels:
