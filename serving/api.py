@@ -106,13 +106,36 @@ class ScoreBatch(BaseModel):
     scores: list[Score]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _label_text_only(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("label_available_at must be an ISO 8601 string with a timezone, not a number")
+    return value
+
+
+def _label_time_as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value < _EPOCH:  # bounds first: a far date may not convert to UTC at all
+        raise ValueError("must not be before 1970-01-01T00:00:00Z")
+    if value > datetime.now(UTC) + FUTURE_SLACK:
+        raise ValueError("must not be more than one day after now")
+    return value.astimezone(UTC)
+
+
 class Label(BaseModel):
-    """A fraud label that arrived after the transaction was scored."""
+    """A fraud label that arrived after the transaction was scored, and when it arrived."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     transaction_id: Identifier
     is_fraud: Annotated[int, Field(strict=True, ge=0, le=1), BeforeValidator(_whole_number)]
+    label_available_at: Annotated[AwareDatetime | None, BeforeValidator(_label_text_only),
+                                  AfterValidator(_label_time_as_utc)] = Field(default=None, description=(
+        "when the label became known (the chargeback, the investigation's end): ISO 8601 with a timezone, at most "
+        "one day after now; default: when the request arrives. Features read the label only from then on"))
 
 
 class LabelBatch(BaseModel):

@@ -11,7 +11,13 @@ turns incoming transactions into the model's features through
 
 Labels: a transaction's ``is_fraud`` is what the snapshot said when the store was seeded, or what
 ``add_labels`` recorded later (``POST /labels``); transactions appended by serving have no label until
-then, and an unknown label counts as "not fraud" in the terminal fraud rates, as it would for a bank.
+then, and an unknown label counts as "not fraud" in the terminal fraud rates, as it would for a bank. Each
+label's arrival is kept in ``label_at`` (epoch seconds; NULL with a NULL ``is_fraud``: no label yet), and the
+features read a label only from then on: seeding stores the snapshot's ``label_available_at``, ``add_labels``
+each label's own or the time of the call. A label with a NULL ``label_at`` (stored before arrival times were
+kept, or seeded from a snapshot without the column) follows the default rule, ``features.label_delay_days``
+after the transaction, as batch mode does for a frame without the column; so opening an older store only adds
+the column, and the store never needs the delay.
 """
 
 from __future__ import annotations
@@ -29,31 +35,34 @@ import pandas as pd
 
 from fraud_assets.core.features import FEATURE_COLUMNS, KEY_COLUMNS, Incoming, Rows, online_matrix, timestamp_parts
 from fraud_assets.params import FeatureParams
+from fraud_assets.schemas import LABEL_AVAILABLE_AT
 from fraud_assets.windows import DAY_S, lookback_days
 
 # The history read is two index range scans. Both indexes carry every column it returns (covering indexes), so a
 # card's rows come from the few index pages holding them instead of one table page each: rows are stored in arrival
 # order, a card's scattered over the whole file. PostgreSQL keeps the carried columns out of the key (INCLUDE).
-_INDEXES = {"transactions_customer_covering": ("customer_id, ts", "terminal_id, amount, is_fraud"),
-            "transactions_terminal_covering": ("terminal_id, ts", "customer_id, amount, is_fraud")}
-_REPLACED_INDEXES = ("transactions_customer", "transactions_terminal")  # (customer_id, ts), (terminal_id, ts)
+_INDEXES = {"transactions_by_customer": ("customer_id, ts", "terminal_id, amount, is_fraud, label_at"),
+            "transactions_by_terminal": ("terminal_id, ts", "customer_id, amount, is_fraud, label_at")}
+_REPLACED_INDEXES = ("transactions_customer", "transactions_terminal",  # (customer_id, ts), (terminal_id, ts)
+                     "transactions_customer_covering", "transactions_terminal_covering")  # ... without label_at
+_COLUMNS = "transaction_id, ts, customer_id, terminal_id, amount, is_fraud, label_at"  # what seed writes
+_READ = "ts, customer_id, terminal_id, amount, is_fraud, label_at"  # what a history read returns (see _rows)
 
 
-def _schema(postgres: bool = False) -> str:
-    """The table and its indexes. A store made before the covering indexes gets them and drops those they replace."""
+def _statements(postgres: bool = False, add_label_at: bool = False) -> list[str]:
+    """The table and its indexes. A store made before the covering indexes or before ``label_at`` gets them (the
+    column with ``add_label_at``) and drops the indexes they replace."""
     ts, amount = ("BIGINT", "DOUBLE PRECISION") if postgres else ("INTEGER", "REAL")
     table = ("CREATE TABLE IF NOT EXISTS transactions (\n    transaction_id TEXT PRIMARY KEY, "
              f"ts {ts} NOT NULL, customer_id TEXT NOT NULL, terminal_id TEXT NOT NULL,\n"
-             f"    amount {amount} NOT NULL, is_fraud INTEGER)")
+             f"    amount {amount} NOT NULL, is_fraud INTEGER, label_at {ts})")
+    added = [f"ALTER TABLE transactions ADD COLUMN {'IF NOT EXISTS ' if postgres else ''}label_at {ts}"
+             ] if add_label_at else []
     indexes = [f"CREATE INDEX IF NOT EXISTS {name} ON transactions "
                + (f"({key}) INCLUDE ({carried})" if postgres else f"({key}, {carried})")
                for name, (key, carried) in _INDEXES.items()]
     dropped = [f"DROP INDEX IF EXISTS {name}" for name in _REPLACED_INDEXES]  # first: their pages hold the new ones
-    return "".join(f"{statement};\n" for statement in [table, *dropped, *indexes])
-
-
-SCHEMA = _schema()
-POSTGRES_SCHEMA = _schema(postgres=True)
+    return [table, *added, *dropped, *indexes]
 
 
 class StoreUnavailable(Exception):
@@ -64,7 +73,8 @@ class TransactionStore(Protocol):
     """What online features need from a store of past transactions."""
 
     def history(self, customers: Sequence[str], terminals: Sequence[str], since_s: int, until_s: int) -> Rows:
-        """Rows of these customers or terminals with ``since_s <= ts < until_s`` (epoch seconds), each once."""
+        """Rows of these customers or terminals with ``since_s <= ts < until_s`` (epoch seconds), each once, with
+        their labels' arrival (``Rows.label_at``)."""
         ...
 
     def append(self, transactions: Sequence[Mapping[str, Any]]) -> int:
@@ -72,7 +82,8 @@ class TransactionStore(Protocol):
         ...
 
     def add_labels(self, labels: Sequence[Mapping[str, Any]]) -> int:
-        """Set ``is_fraud`` of stored transactions; return how many were found."""
+        """Set ``is_fraud`` of stored transactions and when it arrived (each label's ``label_available_at``, default
+        the time of the call); return how many were found."""
         ...
 
     def seed(self, frame: pd.DataFrame) -> int:
@@ -112,18 +123,35 @@ def _scored_rows(transactions: Sequence[Mapping[str, Any]]) -> list[tuple]:
              str(t["terminal_id"]), float(t["amount"])) for t in transactions]
 
 
-def _label_rows(labels: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
-    """``(is_fraud, id)`` of late labels, in the order the UPDATE statements bind them."""
-    return [(int(lb["is_fraud"]), str(lb["transaction_id"])) for lb in labels]
+def _label_arrival_s(label: Mapping[str, Any], now_s: int) -> int:
+    """When ``label`` arrived, in epoch seconds (floored): its ``label_available_at`` (a datetime or ISO 8601 text)
+    when it has one, else ``now_s``."""
+    when = label.get(LABEL_AVAILABLE_AT)
+    return now_s if when is None else timestamp_parts(when)[0]
+
+
+def _label_rows(labels: Sequence[Mapping[str, Any]]) -> list[tuple[int, int, str]]:
+    """``(is_fraud, label_at, id)`` of late labels, in the order the UPDATE statements bind them; a label without
+    an arrival time arrived now (this call's wall-clock second)."""
+    now_s = int(time.time())
+    return [(int(lb["is_fraud"]), _label_arrival_s(lb, now_s), str(lb["transaction_id"])) for lb in labels]
 
 
 def _snapshot_rows(frame: pd.DataFrame) -> Iterator[tuple]:
-    """``(id, ts, customer, terminal, amount, is_fraud)`` of a canonical frame (a missing label is NULL)."""
+    """``(id, ts, customer, terminal, amount, is_fraud, label_at)`` of a canonical frame: a missing label is NULL,
+    and so is its arrival (read as the default rule when the label is there but the column is not)."""
     ts = pd.to_datetime(frame["tx_datetime"], utc=True).astype("int64") // 1_000_000_000
     labels = frame["is_fraud"].tolist() if "is_fraud" in frame else [None] * len(frame)
+    arrivals: list[Any] = [None] * len(frame)
+    if LABEL_AVAILABLE_AT in frame:
+        at = pd.to_datetime(frame[LABEL_AVAILABLE_AT], utc=True)
+        arrivals = [None if missing else seconds for seconds, missing in
+                    zip((at.astype("int64") // 1_000_000_000).tolist(), at.isna().tolist(), strict=True)]
     for row in zip(frame["transaction_id"].astype(str), ts.tolist(), frame["customer_id"].astype(str),
-                   frame["terminal_id"].astype(str), frame["amount"].astype(float).tolist(), labels, strict=True):
-        yield (*row[:5], None if pd.isna(row[5]) else int(row[5]))
+                   frame["terminal_id"].astype(str), frame["amount"].astype(float).tolist(), labels, arrivals,
+                   strict=True):
+        unlabelled = pd.isna(row[5])
+        yield (*row[:5], None if unlabelled else int(row[5]), None if unlabelled else row[6])
 
 
 class _OneConnectionPerThread:
@@ -169,16 +197,33 @@ class SqliteTransactionStore(_OneConnectionPerThread):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout_s = timeout_s
         self._local = threading.local()
-        conn = sqlite3.connect(str(self.path), timeout=max(30.0, timeout_s))  # not bound by the statement timeout
+        # Not bound by the statement timeout; transactions by hand (BEGIN IMMEDIATE below).
+        conn = sqlite3.connect(str(self.path), timeout=max(30.0, timeout_s), isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            have = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
-            if not {"transactions", *_INDEXES} <= have or have.intersection(_REPLACED_INDEXES):
+            if self._outdated(conn):
                 # Made or migrated in one transaction: other processes read the old indexes until the new are in
                 # (a few seconds on a bank's 90 days). Once done, opening a store writes nothing.
-                conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}COMMIT;")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if self._outdated(conn):  # still, now that it is ours (another process may have just done it)
+                        columns = {row[1] for row in conn.execute("PRAGMA table_info(transactions)")}
+                        for statement in _statements(add_label_at=bool(columns) and "label_at" not in columns):
+                            conn.execute(statement)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
         finally:
             conn.close()
+
+    @staticmethod
+    def _outdated(conn: sqlite3.Connection) -> bool:
+        """Whether the file lacks the table, its ``label_at`` column or its indexes, or has indexes they replace."""
+        have = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(transactions)")}
+        return (not {"transactions", *_INDEXES} <= have or bool(have.intersection(_REPLACED_INDEXES))
+                or "label_at" not in columns)
 
     def _connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -212,9 +257,9 @@ class SqliteTransactionStore(_OneConnectionPerThread):
             return self._history_many(cs, ts, since_s, until_s)
         in_c, in_t = ",".join("?" * len(cs)), ",".join("?" * len(ts))
         # The terminals' rows of other customers only, so a row of both sides comes once (UNION ALL, no sort).
-        sql = (f"SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
+        sql = (f"SELECT {_READ} FROM transactions "
                f"WHERE customer_id IN ({in_c}) AND ts >= ? AND ts < ? UNION ALL "
-               f"SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
+               f"SELECT {_READ} FROM transactions "
                f"WHERE terminal_id IN ({in_t}) AND ts >= ? AND ts < ? AND customer_id NOT IN ({in_c})")
         records = self._reading(len(cs) + len(ts)).execute(sql, [*cs, since_s, until_s, *ts, since_s, until_s, *cs]
                                                           ).fetchall()
@@ -226,7 +271,7 @@ class SqliteTransactionStore(_OneConnectionPerThread):
         for column, keys in (("customer_id", cs), ("terminal_id", ts)):
             for i in range(0, len(keys), _FEW_KEYS):
                 chunk = keys[i:i + _FEW_KEYS]
-                rows = conn.execute(f"SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
+                rows = conn.execute(f"SELECT {_READ} FROM transactions "
                                     f"WHERE {column} IN ({','.join('?' * len(chunk))}) AND ts >= ? AND ts < ?",
                                     [*chunk, since_s, until_s]).fetchall()
                 # The terminals' rows of these customers came with the customers' already (as in :meth:`history`).
@@ -237,11 +282,13 @@ class SqliteTransactionStore(_OneConnectionPerThread):
                       ) -> pd.DataFrame:
         """:meth:`history` as a canonical frame (for people and tests; serving uses the columns)."""
         rows = self._connect().execute(
-            "SELECT transaction_id, ts, customer_id, terminal_id, amount, is_fraud FROM transactions WHERE "
+            f"SELECT {_COLUMNS} FROM transactions WHERE "
             f"(customer_id IN ({','.join('?' * len(customers))}) OR terminal_id IN ({','.join('?' * len(terminals))}))"
             " AND ts >= ? AND ts < ?", [*customers, *terminals, since_s, until_s]).fetchall()
-        frame = pd.DataFrame(rows, columns=["transaction_id", "ts", "customer_id", "terminal_id", "amount", "is_fraud"])
+        frame = pd.DataFrame(rows, columns=["transaction_id", "ts", "customer_id", "terminal_id", "amount", "is_fraud",
+                                            "label_at"])
         frame.insert(1, "tx_datetime", pd.to_datetime(frame.pop("ts").astype("int64"), unit="s", utc=True))
+        frame[LABEL_AVAILABLE_AT] = pd.to_datetime(frame.pop("label_at").astype("float64"), unit="s", utc=True)
         return frame
 
     def append(self, transactions: Sequence[Mapping[str, Any]]) -> int:
@@ -255,19 +302,23 @@ class SqliteTransactionStore(_OneConnectionPerThread):
         return cur.rowcount
 
     def add_labels(self, labels: Sequence[Mapping[str, Any]]) -> int:
-        """Record late labels on stored transactions; return how many matched."""
+        """Record late labels (each with its ``label_available_at``, default now) on stored transactions; return how
+        many matched."""
         conn = self._connect()
         with conn:
-            cur = conn.executemany("UPDATE transactions SET is_fraud = ? WHERE transaction_id = ?", _label_rows(labels))
+            cur = conn.executemany("UPDATE transactions SET is_fraud = ?, label_at = ? WHERE transaction_id = ?",
+                                   _label_rows(labels))
         return cur.rowcount
 
     def seed(self, frame: pd.DataFrame) -> int:
-        """Bulk-load a labelled frame (canonical columns); existing ids are replaced."""
+        """Bulk-load a labelled frame (canonical columns, ``label_available_at`` optional); existing ids are
+        replaced."""
         if frame.empty:
             return 0
         conn = self._connect()
         with conn:
-            conn.executemany("INSERT OR REPLACE INTO transactions VALUES (?, ?, ?, ?, ?, ?)", _snapshot_rows(frame))
+            conn.executemany(f"INSERT OR REPLACE INTO transactions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             _snapshot_rows(frame))
         return len(frame)
 
     def prune(self, before_s: int) -> int:
@@ -288,10 +339,15 @@ class PostgresTransactionStore(_OneConnectionPerThread):
             raise ValueError(f"schema {schema!r} must be a lower-case identifier (letters, digits, _; 63 at most)")
         self.dsn, self.schema, self.timeout_s = dsn, schema, timeout_s
         self._local = threading.local()
-        with self._connect().transaction():
-            for statement in POSTGRES_SCHEMA.split(";"):
-                if statement.strip():
-                    self._connect().execute(statement)
+        conn = self._connect()
+        with conn.transaction():
+            conn.execute(_statements(postgres=True)[0])  # the table
+            # Looked up first: ALTER TABLE would queue for the table's exclusive lock behind every running read.
+            has_label_at = conn.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = 'transactions' AND column_name = 'label_at'").fetchone() is not None
+            for statement in _statements(postgres=True, add_label_at=not has_label_at)[1:]:
+                conn.execute(statement)
 
     def _connect(self) -> Any:
         conn = getattr(self._local, "conn", None)
@@ -324,9 +380,9 @@ class PostgresTransactionStore(_OneConnectionPerThread):
     @staticmethod
     def _history_rows(conn: Any, cs: list[str], ts: list[str], since_s: int, until_s: int) -> list[tuple]:
         return conn.execute(
-            "SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
+            f"SELECT {_READ} FROM transactions "
             "WHERE customer_id = ANY(%(cs)s) AND ts >= %(lo)s AND ts < %(hi)s UNION ALL "
-            "SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
+            f"SELECT {_READ} FROM transactions "
             "WHERE terminal_id = ANY(%(ts)s) AND ts >= %(lo)s AND ts < %(hi)s AND NOT customer_id = ANY(%(cs)s)",
             {"cs": cs, "ts": ts, "lo": since_s, "hi": until_s}).fetchall()
 
@@ -341,11 +397,13 @@ class PostgresTransactionStore(_OneConnectionPerThread):
             return cur.rowcount
 
     def add_labels(self, labels: Sequence[Mapping[str, Any]]) -> int:
-        """Record late labels on stored transactions; return how many matched."""
+        """Record late labels (each with its ``label_available_at``, default now) on stored transactions; return how
+        many matched."""
         if not labels:
             return 0
         with self._connect().transaction(), self._connect().cursor() as cur:
-            cur.executemany("UPDATE transactions SET is_fraud = %s WHERE transaction_id = %s", _label_rows(labels))
+            cur.executemany("UPDATE transactions SET is_fraud = %s, label_at = %s WHERE transaction_id = %s",
+                            _label_rows(labels))
             return cur.rowcount
 
     def seed(self, frame: pd.DataFrame) -> int:
@@ -355,12 +413,13 @@ class PostgresTransactionStore(_OneConnectionPerThread):
         conn = self._connect()
         with conn.transaction():
             conn.execute("CREATE TEMP TABLE staging (LIKE transactions) ON COMMIT DROP")
-            with conn.cursor().copy("COPY staging FROM STDIN") as copy:
+            with conn.cursor().copy(f"COPY staging ({_COLUMNS}) FROM STDIN") as copy:
                 for row in _snapshot_rows(frame):
                     copy.write_row(row)
-            conn.execute("INSERT INTO transactions SELECT * FROM staging ON CONFLICT (transaction_id) DO UPDATE SET "
+            conn.execute(f"INSERT INTO transactions ({_COLUMNS}) SELECT {_COLUMNS} FROM staging "
+                         "ON CONFLICT (transaction_id) DO UPDATE SET "
                          "ts = EXCLUDED.ts, customer_id = EXCLUDED.customer_id, terminal_id = EXCLUDED.terminal_id, "
-                         "amount = EXCLUDED.amount, is_fraud = EXCLUDED.is_fraud")
+                         "amount = EXCLUDED.amount, is_fraud = EXCLUDED.is_fraud, label_at = EXCLUDED.label_at")
         return len(frame)
 
     def prune(self, before_s: int) -> int:
@@ -380,12 +439,13 @@ def open_store(location: str | Path, timeout_s: float | None = None) -> Transact
 
 
 def _rows(records: list[tuple]) -> Rows:
-    """Store rows ``(ts, customer, terminal, amount, is_fraud)`` as feature columns."""
+    """Store rows ``(ts, customer, terminal, amount, is_fraud, label_at)`` as feature columns."""
     if not records:
-        return Rows(np.zeros(0, np.int64), [], [], np.zeros(0), np.zeros(0))
-    ts, customers, terminals, amounts, labels = zip(*records, strict=True)
+        return Rows(np.zeros(0, np.int64), [], [], np.zeros(0), np.zeros(0), np.zeros(0))
+    ts, customers, terminals, amounts, labels, label_at = zip(*records, strict=True)
+    # A NULL label becomes NaN (unknown), a NULL arrival NaN too (no label yet, or the default rule for a label).
     return Rows(np.array(ts, np.int64), customers, terminals, np.array(amounts, np.float64),
-                np.array(labels, np.float64))  # a NULL label (None) becomes NaN
+                np.array(labels, np.float64), np.array(label_at, np.float64))
 
 
 class OnlineFeatures:

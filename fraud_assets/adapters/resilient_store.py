@@ -14,7 +14,9 @@ short statement timeout, ``serve.store_timeout_s``) with two circuit breakers an
   so a card's next transaction still sees this one: a store that only refuses writes (another process holding
   SQLite's write lock, as a seed or prune does) costs no degraded answer at all.
 - **Labels** that cannot be written wait in the same way (bounded by the same number) and are applied after
-  the backlog's rows, so a label never misses the transaction it is for.
+  the backlog's rows, so a label never misses the transaction it is for. Each carries its arrival time
+  (``label_available_at``; one without it is stamped with the wall-clock time of the call), so a label written
+  late still counts from when it came, not from when the store took it.
 
 What it cannot promise: rows still in the backlog when the process is killed are lost to the store (the
 prediction log has them); with several replicas each merges only its own backlog.
@@ -30,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -37,6 +40,7 @@ import pandas as pd
 
 from fraud_assets.adapters.online_store import Rows, StoreUnavailable, TransactionStore
 from fraud_assets.core.features import timestamp_parts
+from fraud_assets.schemas import LABEL_AVAILABLE_AT
 
 logger = logging.getLogger("ray.serve")
 
@@ -86,10 +90,10 @@ class ResilientStore:
 
     def __init__(self, store: TransactionStore, retry_s: float = 1.0, max_pending_rows: int = 100_000,
                  on_dropped: Callable[[int], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self._retry_s, self._max_pending = retry_s, max_pending_rows
-        self._on_dropped, self._clock = on_dropped, clock
+        self._on_dropped, self._clock, self._wall_clock = on_dropped, clock, wall_clock
         self._errors = store_errors()
         self._lock = threading.Lock()
         self._pending: deque[_Pending] = deque()
@@ -150,9 +154,12 @@ class ResilientStore:
         return 0
 
     def add_labels(self, labels: Sequence[Mapping[str, Any]]) -> int:
-        """Labels into the store, or after the backlog when it fails; the number applied now."""
+        """Labels into the store, or after the backlog when it fails; the number applied now. A label without a
+        ``label_available_at`` arrived now (the wall clock, UTC), whenever the store gets it."""
         if not labels:
             return 0
+        now = datetime.fromtimestamp(self._wall_clock(), UTC)
+        labels = [lb if lb.get(LABEL_AVAILABLE_AT) is not None else {**lb, LABEL_AVAILABLE_AT: now} for lb in labels]
         if not self._pending and not self._pending_labels and self._clock() >= self._writes_blocked_until:
             try:
                 return self.store.add_labels(labels)

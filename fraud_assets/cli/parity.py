@@ -1,5 +1,8 @@
 """``fraud check-parity``: replay a month through the online feature path and compare with the training features.
 
+The replay posts every label to its scratch store once the label has arrived (``label_available_at``), so the
+audit covers what the features read by arrival time as well as the transactions.
+
 Exit codes: 0 when every sampled row agrees to 1e-9 at the stored precision, 1 when a row differs, 2 when the
 audit cannot run (a month's assets are not materialized, or the stored features lack a sampled transaction).
 """
@@ -84,6 +87,8 @@ def check_parity(
     typer.echo(f"  history {', '.join(earlier) or 'none'} ({len(history)} rows read, lookback {days} days); sample: "
                f"first {min(rows, len(validated))} by time + {len(sample) - min(rows, len(validated))} at random "
                f"(seed {seed}) of {len(validated)}")
+    typer.echo(f"  labels posted as they arrive (label_available_at; {p.features.label_delay_days} days after the "
+               "transaction where a snapshot has none)")
     typer.echo(f"  replayed {len(online)} rows in {took:.1f} s ({len(online) / max(took, 1e-9):.0f} rows/s)")
     typer.echo(f"rows compared   {report.rows_compared}")
     typer.echo(f"rows differing  {report.rows_differing} (by more than {report.tolerance:g})")

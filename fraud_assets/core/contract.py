@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from fraud_assets.core.features import FEATURE_COLUMNS, KEY_COLUMNS, LABEL, build_features, online_features
 from fraud_assets.core.train import predict
 from fraud_assets.params import FeatureParams
+from fraud_assets.schemas import LABEL_AVAILABLE_AT
 from fraud_assets.windows import CUSTOMER_WINDOWS_DAYS, TERMINAL_WINDOWS_DAYS
 
 WARMUP_TRANSACTION: dict[str, Any] = {
@@ -109,7 +110,7 @@ def rebuild_features(p: FeatureParams, parts: Sequence[pd.DataFrame]) -> list[pd
     row's past is every row of its own and earlier parts, so the first part sees no history before it. This
     is how a version trained with other feature knobs sees the same rows. Rows keep their order and index.
     """
-    frames = [part[_RAW + ([LABEL] if LABEL in part.columns else [])] for part in parts]
+    frames = [part[_RAW + [c for c in (LABEL, LABEL_AVAILABLE_AT) if c in part.columns]] for part in parts]
     built = build_features(pd.concat(frames, ignore_index=True), p)
     bounds = np.cumsum([0, *(len(f) for f in frames)])
     out = []

@@ -9,19 +9,27 @@ Every feature of a transaction at time ``t`` uses only what is known at ``t``:
   the last ``features.burst_window_seconds``; whether the terminal is new to the customer (not used by
   them in the last ``features.new_terminal_days``);
 * per terminal, honouring the label delay ``d = features.label_delay_days``: over each window ``w`` of
-  1, 7 and 30 days, the count of transactions and the share of frauds among the
-  transactions in ``[t - d - w, t - d)``, whose labels are known by ``t``; plus the count over the last
-  day (no labels needed);
+  1, 7 and 30 days, the count of transactions and the share of known frauds among the
+  transactions in ``[t - d - w, t - d)``; plus the count over the last day (no labels needed);
 * the card's own label history (:data:`FEATURE_GROUPS`): among its transactions in ``[t - d - 30 days, t - d)``
   the known frauds, their share and the days since the latest one;
 * the amount against the card's habit: its z-score against the card's 30-day mean and deviation, its ratio to
   the card's 30-day maximum.
 
+Labels arrive late. A label is *known* at ``t`` when it arrived strictly before ``t``, to the second, as a
+transaction is "before" ``t``: ``floor(label_available_at) < t``. A label not known yet counts as not fraud,
+as an unknown (NaN) label always has. A row without an arrival time (no ``label_available_at`` column, a NaT in
+it, a store row labelled before arrival times were kept) follows the rule of
+:func:`fraud_assets.schemas.default_label_available_at`: its label arrived ``d`` after the transaction, so it is
+known in every window above, which end ``d`` back; with such arrivals the features are those of the rule alone,
+to the bit. The windows keep ending ``d`` back whatever the arrivals: a label that came early adds nothing, one
+that comes late is not read until it arrives.
+
 Both modes call :func:`compute_features` with a *reference* set (the past) and the *queries* (the rows to
 describe): batch mode passes earlier months plus the month itself, online mode the rows a store returns
 for the incoming transactions' customers and terminals. A window only ever reads rows of one key within
 its time range, so both give the same numbers (tested to 1e-9). Ties at the same second are not "before".
-The label and the simulator's oracle columns are never features.
+The label, its arrival time and the simulator's oracle columns are never features.
 """
 
 from __future__ import annotations
@@ -38,11 +46,12 @@ import numpy as np
 import pandas as pd
 
 from fraud_assets.params import FeatureParams
+from fraud_assets.schemas import LABEL_AVAILABLE_AT
 from fraud_assets.windows import CUSTOMER_WINDOWS_DAYS, DAY_S, TERMINAL_WINDOWS_DAYS, lookback_days
 
 KEY_COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id"]
 LABEL = "is_fraud"
-NEVER_FEATURES = frozenset({LABEL, "fraud_scenario", "fraud_probability"})
+NEVER_FEATURES = frozenset({LABEL, LABEL_AVAILABLE_AT, "fraud_scenario", "fraud_probability"})
 Z_FLOOR_SHARE = 0.01  # the amount z-score's deviation is at least this share of the card's mean
 NO_HISTORY = -1.0  # seconds-since-previous and amount ratio when the customer has no earlier transaction
 _SHIFT = np.int64(1) << np.int64(33)  # key * 2**33 + seconds: sortable, seconds < 2**33 (year 2242)
@@ -74,8 +83,37 @@ FEATURE_GROUPS: dict[str, list[str]] = {
 FEATURE_COLUMNS = _feature_columns()
 
 
+def _utc(when: pd.Series) -> pd.Series:
+    """Timestamps as UTC nanoseconds; a column that already holds timestamps skips ``pd.to_datetime``, whose check
+    of the values costs more than the rest of reading them (a naive one is taken as UTC, as it would)."""
+    if isinstance(when.dtype, pd.DatetimeTZDtype):
+        return when.dt.tz_convert("UTC").dt.as_unit("ns")
+    if when.dtype.kind == "M":
+        return when.dt.tz_localize("UTC").dt.as_unit("ns")
+    return pd.to_datetime(when, utc=True).dt.as_unit("ns")
+
+
 def _seconds(ts: pd.Series) -> np.ndarray:
-    return (pd.to_datetime(ts, utc=True).astype("int64") // 1_000_000_000).to_numpy(np.int64)
+    return (_utc(ts).astype("int64") // 1_000_000_000).to_numpy(np.int64)
+
+
+def _arrival_seconds(when: pd.Series) -> np.ndarray:
+    """Epoch seconds (floored, float64) of label arrival times; NaN where there is none (NaT)."""
+    at = _utc(when)
+    out = (at.astype("int64") // 1_000_000_000).to_numpy(np.float64)
+    out[at.isna().to_numpy()] = np.nan
+    return out
+
+
+def label_arrival_seconds(frame: pd.DataFrame, p: FeatureParams) -> np.ndarray:
+    """When the label of each row of a canonical frame arrives, in epoch seconds (floored, int64): its
+    ``label_available_at``, or ``label_delay_days`` after the transaction where the frame has none (the rule)."""
+    ts = _seconds(frame["tx_datetime"]) if len(frame) else np.zeros(0, np.int64)
+    rule = ts + p.label_delay_days * DAY_S
+    if LABEL_AVAILABLE_AT not in frame.columns:
+        return rule
+    at = _arrival_seconds(frame[LABEL_AVAILABLE_AT])
+    return np.where(np.isnan(at), rule, at).astype(np.int64)
 
 
 # Below this many rows the per-key running sums are taken with numpy segment by segment (no pandas call
@@ -241,9 +279,12 @@ def _codes(reference: Sequence[str], queries: Sequence[str]) -> tuple[np.ndarray
 
 
 class Rows(NamedTuple):
-    """Transactions as columns: epoch seconds, customer and terminal ids, amounts, labels (NaN = unknown).
+    """Transactions as columns: epoch seconds, customer and terminal ids, amounts, labels (NaN = unknown) and when
+    each label arrived (``label_at``, epoch seconds as float64).
 
-    Ids are strings (the constructors below and :class:`Incoming` convert them), compared as they are.
+    ``label_at`` NaN, or ``None`` for every row, is the default rule (the label arrived ``label_delay_days`` after
+    the transaction); ``+inf`` is a label that has not arrived. Ids are strings (the constructors below and
+    :class:`Incoming` convert them), compared as they are.
     """
 
     ts: np.ndarray
@@ -251,25 +292,31 @@ class Rows(NamedTuple):
     terminal: Sequence[str]
     amount: np.ndarray
     label: np.ndarray
+    label_at: np.ndarray | None = None
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> Rows:
-        """Columns of a canonical frame (``is_fraud`` optional)."""
+        """Columns of a canonical frame (``is_fraud`` and ``label_available_at`` optional)."""
         n = len(frame)
         label = (pd.to_numeric(frame[LABEL], errors="coerce").to_numpy(np.float64) if LABEL in frame.columns
                  else np.full(n, np.nan))
+        label_at = _arrival_seconds(frame[LABEL_AVAILABLE_AT]) if LABEL_AVAILABLE_AT in frame.columns else None
         return cls(_seconds(frame["tx_datetime"]) if n else np.zeros(0, np.int64),
                    frame["customer_id"].astype(str).to_numpy(), frame["terminal_id"].astype(str).to_numpy(),
-                   frame["amount"].to_numpy(np.float64), label)
+                   frame["amount"].to_numpy(np.float64), label, label_at)
 
     @classmethod
     def concat(cls, parts: Sequence[Rows]) -> Rows:
         """The rows of ``parts``, one after the other (ids as lists: the features iterate them)."""
+        label_at = None
+        if any(r.label_at is not None for r in parts):
+            label_at = np.concatenate([np.full(len(r.ts), np.nan) if r.label_at is None else r.label_at
+                                       for r in parts]).astype(np.float64, copy=False)
         return cls(np.concatenate([r.ts for r in parts]).astype(np.int64, copy=False),
                    list(chain.from_iterable(r.customer for r in parts)),
                    list(chain.from_iterable(r.terminal for r in parts)),
                    np.concatenate([r.amount for r in parts]).astype(np.float64, copy=False),
-                   np.concatenate([r.label for r in parts]).astype(np.float64, copy=False))
+                   np.concatenate([r.label for r in parts]).astype(np.float64, copy=False), label_at)
 
 
 def feature_values(reference: Rows, queries: Rows, hour: np.ndarray, weekday: np.ndarray, p: FeatureParams
@@ -277,7 +324,8 @@ def feature_values(reference: Rows, queries: Rows, hour: np.ndarray, weekday: np
     """The feature matrix (float64, :data:`FEATURE_COLUMNS` order) of ``queries`` given the past in ``reference``.
 
     The one entry point of the definitions: batch mode and online mode both end here. Rows of
-    ``reference`` at or after a query's second are ignored; unknown labels count as not fraud. One query
+    ``reference`` at or after a query's second are ignored; unknown labels, and labels that arrive at or after
+    the query's second, count as not fraud. One query
     against a few rows (an online request) takes :func:`_one_query`, anything else the vectorized
     :func:`_window_features`; the two agree to the bit (``tests/unit/test_online_speed_paths.py``).
     """
@@ -303,10 +351,34 @@ def _window_features(reference: Rows, queries: Rows, p: FeatureParams) -> dict[s
     r_cust, q_cust, n_cust = _codes(reference.customer, queries.customer)
     r_term, q_term, n_term = _codes(reference.terminal, queries.terminal)
     fraud = np.where(np.isnan(reference.label), 0.0, reference.label)  # an unknown label counts as not fraud
-    feats = _customer_features(reference, queries, fraud, r_cust, q_cust, n_cust, marks.customer)
+    late = _late_frauds(reference, fraud, p)
+    feats = _customer_features(reference, queries, fraud, late, r_cust, q_cust, n_cust, marks.customer)
     feats["terminal_new_to_customer"] = _new_to_customer(reference.ts, queries.ts, r_cust * n_term + r_term,
                                                          q_cust * n_term + q_term, marks.pair)
-    return feats | _terminal_features(reference, queries, fraud, r_term, q_term, n_term, marks.terminal)
+    return feats | _terminal_features(reference, queries, fraud, late, r_term, q_term, n_term, marks.terminal)
+
+
+def _late_frauds(reference: Rows, fraud: np.ndarray, p: FeatureParams) -> np.ndarray | None:
+    """Which frauds of ``reference`` have their label arrive after the label delay (None: none do).
+
+    They are the only rows a label window (it ends ``label_delay_days`` before the query) can hold before their
+    label is known: every other row of a window is older than the delay, and so is its label. Few rows (a share of
+    the frauds), so the windows count all frauds as before and take away these when still unknown at the query.
+    """
+    if reference.label_at is None:
+        return None
+    late = (fraud > 0) & (reference.label_at > reference.ts + p.label_delay_days * DAY_S)  # NaN: the rule, not late
+    return late if late.any() else None
+
+
+def _unknown_in_windows(late_pos: np.ndarray, late_at: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                        q_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The late frauds (index positions ``late_pos``, increasing, arriving at ``late_at``) inside each query's
+    ``[lo, hi)``, as pairs: the query's number, the fraud's position, whether its label is still unknown at the
+    query's second (it arrives at or after it)."""
+    found = _Segments.of(late_pos.searchsorted(lo), late_pos.searchsorted(hi))
+    query = np.repeat(np.arange(len(lo)), found.n)
+    return query, late_pos[found.pos], late_at[found.pos] >= q_ts[query]
 
 
 def _one_query(reference: Rows, queries: Rows, p: FeatureParams) -> dict[str, float]:
@@ -320,7 +392,9 @@ def _one_query(reference: Rows, queries: Rows, p: FeatureParams) -> dict[str, fl
     t, amount = int(queries.ts[0]), float(queries.amount[0])
     customer, terminal = queries.customer[0], queries.terminal[0]
     ts, amounts, labels = reference.ts.tolist(), reference.amount.tolist(), reference.label.tolist()
-    frauds = [0.0 if v != v else v for v in labels]  # an unknown (NaN) label counts as not fraud
+    frauds = [0.0 if v != v else v for v in labels]  # an unknown (NaN) label counts as not fraud ...
+    if reference.label_at is not None:  # ... and so does one arriving at or after the query's second (NaN: the rule)
+        frauds = [0.0 if at >= t else f for f, at in zip(frauds, reference.label_at.tolist(), strict=True)]
     mine = list(compress(count(), map(customer.__eq__, reference.customer)))  # the card's rows, reference order
     total = 0.0
     for i in mine:
@@ -381,8 +455,9 @@ def _one_query(reference: Rows, queries: Rows, p: FeatureParams) -> dict[str, fl
     return feats
 
 
-def _customer_features(reference: Rows, queries: Rows, fraud: np.ndarray, r_cust: np.ndarray, q_cust: np.ndarray,
-                       width: int, marks: np.ndarray) -> dict[str, np.ndarray]:
+def _customer_features(reference: Rows, queries: Rows, fraud: np.ndarray, late: np.ndarray | None,
+                       r_cust: np.ndarray, q_cust: np.ndarray, width: int, marks: np.ndarray
+                       ) -> dict[str, np.ndarray]:
     """Per customer (card): windows of its own past amounts, its amount habit and its label history."""
     q_ts, amount = queries.ts, queries.amount
     nq = len(q_ts)
@@ -426,12 +501,25 @@ def _customer_features(reference: Rows, queries: Rows, fraud: np.ndarray, r_cust
     feats["amount_to_customer_max_30d"] = np.divide(amount, long_max, out=np.full(nq, NO_HISTORY),
                                                     where=long_max > 0)
     # The card's own label history: its transactions of the longest window ending label_delay_days back (labels
-    # younger than the delay are never read). Frauds are whole numbers, so their running sums are exact.
-    known = sums[_K, :, 2]
+    # younger than the delay are never read), less the late frauds whose label has not arrived by the query.
+    # Frauds are whole numbers, so their running sums and the difference are exact.
+    known, sure = sums[_K, :, 2], frauds > 0
+    latest_late = None
+    if late is not None:
+        late = late[cust.order]
+        late_pos = np.flatnonzero(late)
+        query, pos, unknown = _unknown_in_windows(late_pos, reference.label_at[cust.order[late_pos]], lo[_K],
+                                                  hi[_K], q_ts)
+        known = known - np.bincount(query, weights=unknown, minlength=nq)
+        sure &= ~late  # frauds known at every query whose window holds them
+        latest_late = np.full(nq, -1)
+        np.maximum.at(latest_late, query[~unknown], pos[~unknown])
     feats["card_known_frauds"] = known
     feats["card_known_fraud_rate"] = known / np.maximum(n[_K], 1.0)
-    # The latest fraud before each row (its position, -1 if none) is in the window if at or after its start.
-    latest = np.maximum.accumulate(np.concatenate(([-1], np.where(frauds > 0, np.arange(cust.n), -1))))[hi[_K]]
+    # The latest known fraud before each row (its position, -1 if none) is in the window if at or after its start.
+    latest = np.maximum.accumulate(np.concatenate(([-1], np.where(sure, np.arange(cust.n), -1))))[hi[_K]]
+    if latest_late is not None:
+        latest = np.maximum(latest, latest_late)
     feats["card_days_since_known_fraud"] = np.where(latest >= lo[_K], (q_ts - cust.ts_pad[latest]) / DAY_S,
                                                     NO_HISTORY)
     return feats
@@ -449,9 +537,11 @@ def _new_to_customer(r_ts: np.ndarray, q_ts: np.ndarray, r_pair: np.ndarray, q_p
     return (at[0] == at[1]).astype(np.float64)
 
 
-def _terminal_features(reference: Rows, queries: Rows, fraud: np.ndarray, r_term: np.ndarray, q_term: np.ndarray,
-                       width: int, marks: np.ndarray) -> dict[str, np.ndarray]:
-    """Per terminal: known fraud rates (the label delay honoured) and the count of the last day."""
+def _terminal_features(reference: Rows, queries: Rows, fraud: np.ndarray, late: np.ndarray | None,
+                       r_term: np.ndarray, q_term: np.ndarray, width: int, marks: np.ndarray
+                       ) -> dict[str, np.ndarray]:
+    """Per terminal: known fraud rates (the label delay and the labels' arrival honoured) and the count of the last
+    day."""
     feats: dict[str, np.ndarray] = {}
     term = _Index(r_term, reference.ts, q_term, width)
     term.add_sums(fraud[term.order])
@@ -460,7 +550,15 @@ def _terminal_features(reference: Rows, queries: Rows, fraud: np.ndarray, r_term
     k = len(TERMINAL_WINDOWS_DAYS)
     lo, hi = at[:k], at[_TERMINAL_ENDS]
     n = np.subtract(hi, lo, dtype=np.float64)
-    rate = term.window_sums(lo, hi)[..., 0] / np.maximum(n, 1.0)  # 0 where empty
+    frauds = term.window_sums(lo, hi)[..., 0]
+    if late is not None:  # the windows share their end: the widest one holds every late fraud of the others
+        late_pos = np.flatnonzero(late[term.order])
+        widest = TERMINAL_WINDOWS_DAYS.index(max(TERMINAL_WINDOWS_DAYS))
+        query, pos, unknown = _unknown_in_windows(late_pos, reference.label_at[term.order[late_pos]], lo[widest],
+                                                  hi[widest], queries.ts)
+        for i in range(k):
+            frauds[i] -= np.bincount(query, weights=unknown & (pos >= lo[i][query]), minlength=len(queries.ts))
+    rate = frauds / np.maximum(n, 1.0)  # 0 where empty
     for i, names in enumerate(_TERMINAL_COLUMNS):
         feats |= zip(names, (n[i], rate[i]), strict=True)
     feats["terminal_count_recent_1d"] = np.subtract(at[k + 1], at[k + 2], dtype=np.float64)
@@ -471,10 +569,11 @@ def compute_features(reference: pd.DataFrame, queries: pd.DataFrame, p: FeatureP
     """Features of ``queries`` from the past in ``reference`` (rows at or after a query's second are ignored).
 
     ``reference`` needs ``tx_datetime, customer_id, terminal_id, amount`` and ``is_fraud`` (missing or NaN
-    labels count as not fraud); ``queries`` needs the key columns and ``amount``. Returns the key columns,
+    labels count as not fraud), and may have ``label_available_at`` (missing or NaT: the default rule, see the
+    module); ``queries`` needs the key columns and ``amount``. Returns the key columns,
     the features in :data:`FEATURE_COLUMNS` order and the label when ``queries`` has one, in query order.
     """
-    when = pd.to_datetime(queries["tx_datetime"], utc=True)
+    when = _utc(queries["tx_datetime"])
     values = feature_values(Rows.from_frame(reference), Rows.from_frame(queries),
                             when.dt.hour.to_numpy(), when.dt.weekday.to_numpy(), p)
     out = pd.concat([queries[KEY_COLUMNS].reset_index(drop=True),
@@ -482,6 +581,8 @@ def compute_features(reference: pd.DataFrame, queries: pd.DataFrame, p: FeatureP
     out.index = queries.index
     if LABEL in queries.columns:
         out[LABEL] = queries[LABEL].astype("int8").to_numpy()
+        if LABEL_AVAILABLE_AT in queries.columns:  # when the label became known (training reads it by then)
+            out[LABEL_AVAILABLE_AT] = _utc(queries[LABEL_AVAILABLE_AT])
     return out
 
 
@@ -497,10 +598,11 @@ def build_features(transactions: pd.DataFrame, p: FeatureParams, history: pd.Dat
 
     Pass the :func:`history_months` before the month (``lookback_days`` of history at least) so the first days
     of a month see what a store holding everything before them would; the month's own earlier rows are always
-    used, and nothing older than the lookback changes a feature.
+    used, and nothing older than the lookback changes a feature. Labels are read by their ``label_available_at``
+    where a frame has it (a frame without it follows the default rule, also next to one with it).
     """
     cols = ["tx_datetime", "customer_id", "terminal_id", "amount"]
-    past = [h[cols + ([LABEL] if LABEL in h.columns else [])] for h in (history, transactions)
+    past = [h[cols + [c for c in (LABEL, LABEL_AVAILABLE_AT) if c in h.columns]] for h in (history, transactions)
             if h is not None and len(h)]
     reference = pd.concat(past, ignore_index=True) if past else transactions.iloc[0:0]
     return compute_features(reference, transactions, p)

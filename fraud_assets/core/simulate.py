@@ -18,11 +18,16 @@ the amount, transactions a day). Volume follows a daily rhythm (a wrapped normal
 oracle to compare a model against). Neither oracle column is a feature. Compromise events are drawn per
 calendar day from the seed, so a window that starts in one month goes on in the next, and each month is
 still simulated on its own: the same params and month give byte-identical snapshots.
+
+Labels arrive late: every row's ``label_available_at`` is its transaction time plus a delay drawn from
+``label_delay_cdf`` (:func:`label_delay_seconds`), from a random stream of its own, so the other columns are
+those of a simulator without it. Fraud and legit rows draw from the same distribution: a bank learns that a
+transaction was legit when no chargeback came, which takes about as long as learning that it was not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +35,7 @@ import pandas as pd
 
 from fraud_assets.core.months import month_bounds, month_range
 from fraud_assets.params import DataParams
+from fraud_assets.schemas import LABEL_AVAILABLE_AT
 
 ORACLE_COLUMNS = ["fraud_scenario", "fraud_probability"]
 LEGIT = "legit"
@@ -110,6 +116,15 @@ def _usual_terminals(cxy: np.ndarray, txy: np.ndarray, radius: float) -> tuple[n
     cust, term = cust[pair], term[pair]
     ptr = np.concatenate([[0], np.cumsum(np.bincount(cust, minlength=n_cust))]).astype(np.int64)
     return ptr, term.astype(np.int64)
+
+
+def label_delay_seconds(cdf: Sequence[tuple[float, float]], u: np.ndarray) -> np.ndarray:
+    """Label delays in whole seconds (floored) at the quantiles ``u`` (in ``[0, 1)``) of ``cdf``, the piecewise
+    linear ``[[days, share known], ...]`` of ``data.label_delay_cdf`` (shares from 0 to exactly 1, validated)."""
+    days, shares = np.array([d for d, _ in cdf], np.float64), np.array([s for _, s in cdf], np.float64)
+    i = np.clip(np.searchsorted(shares, u, side="right"), 1, len(shares) - 1)  # shares[i - 1] <= u < shares[i]
+    frac = (u - shares[i - 1]) / (shares[i] - shares[i - 1])
+    return np.floor((days[i - 1] + frac * (days[i] - days[i - 1])) * DAY_S).astype(np.int64)
 
 
 def _month_index(p: DataParams, month: str) -> int:
@@ -199,6 +214,8 @@ def simulate_month(p: DataParams, month: str, population: Population | None = No
     if month >= f.card_testing_start_month:
         parts = {k: np.concatenate([v, w]) for (k, v), w in
                  zip(parts.items(), _card_testing(p, pop, start, days, day0).values(), strict=True)}
+    delay_rng = np.random.default_rng([p.seed, 6, m + 10_000])  # its own stream: the columns above stay as they were
+    parts["delay_s"] = label_delay_seconds(p.label_delay_cdf, delay_rng.random(len(parts["ts"])))
     return _frame(month, parts, pop)
 
 
@@ -239,13 +256,15 @@ def _frame(month: str, parts: dict[str, np.ndarray], pop: Population) -> pd.Data
     order = np.argsort(parts["ts"], kind="stable")
     n = len(order)
     scenario = parts["scenario"][order]
+    ts = parts["ts"][order]
     return pd.DataFrame({
         "transaction_id": _ids(f"tx-{month.replace('-', '')}-", n),
-        "tx_datetime": pd.to_datetime(parts["ts"][order], utc=True),
+        "tx_datetime": pd.to_datetime(ts, utc=True),
         "customer_id": pop.customer_ids[parts["cust"][order]],
         "terminal_id": pop.terminal_ids[parts["terminal"][order]],
         "amount": np.round(parts["amount"][order], 2),
         "is_fraud": (scenario > 0).astype(np.int8),
+        LABEL_AVAILABLE_AT: pd.to_datetime(ts + parts["delay_s"][order] * NS, utc=True),
         "fraud_scenario": np.array(SCENARIOS, dtype=object)[scenario],
         "fraud_probability": parts["prob"][order],
     })

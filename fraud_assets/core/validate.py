@@ -1,4 +1,8 @@
-"""Validation with quarantine: every input row ends up either valid or quarantined with a reason."""
+"""Validation with quarantine: every input row ends up either valid or quarantined with a reason.
+
+A snapshot may carry ``label_available_at`` (when each label arrived); a row whose label is dated before its
+transaction, or missing when the column is there, is quarantined like any other invalid row.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import pandera.errors as pa_errors
 
 from fraud_assets.core.months import available_months, month_bounds, snapshot_path
 from fraud_assets.params import DataParams
-from fraud_assets.schemas import REQUIRED_COLUMNS, transaction_schema
+from fraud_assets.schemas import LABEL_AFTER_TX_CHECK, LABEL_AVAILABLE_AT, REQUIRED_COLUMNS, transaction_schema
 
 REASON_COLUMN = "quarantine_reason"
 
@@ -44,6 +48,8 @@ def read_snapshot(path: str | Path) -> pd.DataFrame:
 
 def _describe(row: pd.Series) -> str:
     check = str(row["check"])
+    if check == LABEL_AFTER_TX_CHECK:  # a check of the whole row, reported once per column
+        return f"{LABEL_AVAILABLE_AT}: before tx_datetime"
     column = row["column"] if isinstance(row["column"], str) else "row"
     if check.startswith("field_uniqueness"):
         return f"{column}: duplicate value"
@@ -102,14 +108,21 @@ def validate_transactions(df: pd.DataFrame, month: str | None = None, source: st
     return ValidationResult(valid=valid.reset_index(drop=True), quarantined=quarantined.reset_index(drop=True))
 
 
+def _as_timestamp(column: pd.Series) -> pd.Series:
+    return pd.to_datetime(column, utc=True, errors="coerce", format="ISO8601")
+
+
 def _unreadable(frame: pd.DataFrame) -> pd.DataFrame:
-    """``(index, reason)`` of rows whose amount, label or timestamp cannot be read as such at all."""
+    """``(index, reason)`` of rows whose amount, label or timestamps cannot be read as such at all."""
     parts = []
     for col, parse, what in (
         ("amount", lambda c: pd.to_numeric(c, errors="coerce"), "a number"),
         ("is_fraud", lambda c: pd.to_numeric(c, errors="coerce"), "a number"),
-        ("tx_datetime", lambda c: pd.to_datetime(c, utc=True, errors="coerce", format="ISO8601"), "a timestamp"),
+        ("tx_datetime", _as_timestamp, "a timestamp"),
+        (LABEL_AVAILABLE_AT, _as_timestamp, "a timestamp"),
     ):
+        if col not in frame.columns:  # only the optional label arrival time may be absent (checked before)
+            continue
         raw = frame[col]
         if pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_datetime64_any_dtype(raw):
             continue

@@ -155,7 +155,8 @@ def test_the_online_store_on_postgres_gives_batch_mode_features(postgres: str) -
     for row in head.to_dict("records"):
         tx = {k: row[k] for k in ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount")}
         got = online.matrix([tx])[0]
-        assert store.add_labels([{"transaction_id": row["transaction_id"], "is_fraud": row["is_fraud"]}]) == 1
+        assert store.add_labels([{"transaction_id": row["transaction_id"], "is_fraud": row["is_fraud"],
+                                  "label_available_at": row["label_available_at"]}]) == 1
         gap = np.abs(got - batch.loc[row["transaction_id"], FEATURE_COLUMNS].to_numpy(np.float64)).max()
         assert gap <= 1e-9, f"{row['transaction_id']}: PostgreSQL store differs from batch mode by {gap}"
     assert store.count() == len(history) + len(head)
@@ -172,6 +173,50 @@ def test_the_online_store_on_postgres_gives_batch_mode_features(postgres: str) -
     cutoff = int(pd.Timestamp("2025-01-15", tz="UTC").timestamp())
     older = int((history["tx_datetime"] < pd.Timestamp("2025-01-15", tz="UTC")).sum())
     assert store.prune(cutoff) == older and store.count() == len(history) + len(head) - older
+
+
+def test_an_old_postgres_store_gets_label_at_and_reads_its_labels_by_the_rule(postgres: str) -> None:
+    """A store of the previous release (no label_at, covering indexes without it) is migrated when opened: the
+    column is added, the indexes replaced, and its labels read as known label_delay_days after their transactions,
+    as batch mode reads a snapshot without arrival times."""
+    import numpy as np
+    import pandas as pd
+    import psycopg
+
+    from fraud_assets.adapters.online_store import OnlineFeatures, PostgresTransactionStore
+    from fraud_assets.core.features import FEATURE_COLUMNS, build_features
+    from fraud_assets.core.simulate import simulate_months
+
+    params = load_params()
+    months = simulate_months(params.data.model_copy(update={"n_customers": 300}), "2025-01", 2)
+    history, month = (months[m].drop(columns="label_available_at") for m in ("2025-01", "2025-02"))
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA old_store")
+        conn.execute("SET search_path TO old_store")
+        conn.execute("CREATE TABLE transactions (transaction_id TEXT PRIMARY KEY, ts BIGINT NOT NULL, customer_id TEXT "
+                     "NOT NULL, terminal_id TEXT NOT NULL, amount DOUBLE PRECISION NOT NULL, is_fraud INTEGER)")
+        conn.execute("CREATE INDEX transactions_customer_covering ON transactions (customer_id, ts) "
+                     "INCLUDE (terminal_id, amount, is_fraud)")
+        conn.execute("CREATE INDEX transactions_terminal_covering ON transactions (terminal_id, ts) "
+                     "INCLUDE (customer_id, amount, is_fraud)")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO transactions VALUES (%s, %s, %s, %s, %s, %s)", list(zip(
+                history["transaction_id"], (history["tx_datetime"].astype("int64") // 10**9).tolist(),
+                history["customer_id"], history["terminal_id"], history["amount"].tolist(),
+                history["is_fraud"].astype(int).tolist(), strict=True)))
+    store = PostgresTransactionStore(postgres, schema="old_store")
+    PostgresTransactionStore(postgres, schema="old_store")  # opening it again: nothing left to do
+    with psycopg.connect(postgres) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'old_store'")}
+        column = conn.execute("SELECT data_type FROM information_schema.columns WHERE table_schema = 'old_store' "
+                              "AND table_name = 'transactions' AND column_name = 'label_at'").fetchone()
+    assert indexes == {"transactions_pkey", "transactions_by_customer", "transactions_by_terminal"}
+    assert column == ("bigint",) and store.count() == len(history)
+    first_week = month[month["tx_datetime"] < pd.Timestamp("2025-02-08", tz="UTC")]
+    txs = first_week[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount"]].to_dict("records")
+    got = OnlineFeatures(store, params.features, remember=False).matrix(txs)
+    expected = build_features(first_week, params.features, history=history)[FEATURE_COLUMNS].to_numpy(np.float64)
+    assert np.abs(got - expected).max() <= 1e-9
 
 
 def test_parity_audit_on_a_postgres_store_uses_a_scratch_schema(postgres: str, tmp_path: Path,

@@ -123,6 +123,26 @@ def test_label_refuses_anything_else(value: object) -> None:
     assert info.value.errors()[0]["loc"] == ("labels", 0, "is_fraud")
 
 
+def test_a_label_may_say_when_it_arrived_normalised_to_utc() -> None:
+    def parse(**extra: object) -> object:
+        body = orjson.dumps({"labels": [{"transaction_id": "t1", "is_fraud": 1, **extra}]})
+        return LABEL_BATCH.validate_json(body).labels[0]
+
+    assert parse(label_available_at="2025-03-01T10:00:00+02:00").label_available_at == datetime(2025, 3, 1, 8,
+                                                                                                tzinfo=UTC)
+    assert parse().label_available_at is None and parse(label_available_at=None).label_available_at is None
+    assert parse(label_available_at=_from_now(timedelta(hours=23))).label_available_at is not None  # clock skew
+
+
+@pytest.mark.parametrize("value", ["2025-03-01T10:00:00", "yesterday", 1_740_000_000, "1969-12-31T23:59:59Z",
+                                   "0001-01-01T00:00:00+01:00", timedelta(days=1, minutes=5), True])
+def test_a_label_arrival_time_is_refused_unless_a_plausible_aware_timestamp(value: object) -> None:
+    body = orjson.dumps({"labels": [{"transaction_id": "t1", "is_fraud": 1, "label_available_at": _from_now(value)}]})
+    with pytest.raises(ValidationError) as info:
+        LABEL_BATCH.validate_json(body)
+    assert info.value.errors()[0]["loc"] == ("labels", 0, "label_available_at")
+
+
 def test_overflowing_json_amount_is_refused() -> None:
     body = '{"transaction_id":"t1","tx_datetime":"2025-03-01T10:00:00Z","customer_id":"c","terminal_id":"k",' \
            '"amount":1e400}'

@@ -369,13 +369,17 @@ def test_every_scored_transaction_is_logged(http: httpx.Client, served: Served) 
 
 
 def test_labels_are_stored_with_their_arrival_time(http: httpx.Client, served: Served) -> None:
-    labels = [{"transaction_id": "logged-1", "is_fraud": 1}, {"transaction_id": "logged-b0", "is_fraud": 0}]
+    labels = [{"transaction_id": "logged-1", "is_fraud": 1},
+              {"transaction_id": "logged-b0", "is_fraud": 0, "label_available_at": "2025-03-02T10:00:00+01:00"}]
+    posted = int(time.time())
     response = http.post("/labels", json={"labels": labels}, headers={"x-request-id": "labels-1"})
     assert response.status_code == 200, response.text
     assert response.json() == {"stored": 2}
-    in_store = dict(_rows(served.store_path, "SELECT transaction_id, is_fraud FROM transactions WHERE transaction_id"
-                          " IN ('logged-1', 'logged-b0')"))
-    assert in_store == {"logged-1": 1, "logged-b0": 0}  # where terminal fraud rates will read them
+    in_store = {tid: (label, at) for tid, label, at in _rows(
+        served.store_path, "SELECT transaction_id, is_fraud, label_at FROM transactions WHERE transaction_id"
+        " IN ('logged-1', 'logged-b0')")}
+    assert in_store["logged-b0"] == (0, 1_740_906_000)  # its own arrival time, 09:00 UTC
+    assert in_store["logged-1"][0] == 1 and posted - 1 <= in_store["logged-1"][1] <= time.time()  # the request's
     rows = _rows(served.log_path, "SELECT transaction_id, is_fraud, received_at FROM labels WHERE request_id = ?",
                  ("labels-1",))
     assert sorted(r[:2] for r in rows) == [("logged-1", 1), ("logged-b0", 0)] and all(r[2] for r in rows)

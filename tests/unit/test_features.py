@@ -1,4 +1,5 @@
-"""Features: known answers, a naive reference, batch/online parity, point-in-time and the label delay."""
+"""Features: known answers, a naive reference, batch/online parity, point-in-time, the label delay and the labels'
+arrival times."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from fraud_assets.core.features import (
     FEATURE_COLUMNS,
     NO_HISTORY,
     build_features,
+    build_features_by_month,
     compute_features,
+    label_arrival_seconds,
     online_features,
 )
 from fraud_assets.core.simulate import simulate_months
 from fraud_assets.params import load_params
+from fraud_assets.schemas import LABEL_AVAILABLE_AT, default_label_available_at
 
 P = load_params()
 F = P.features
@@ -49,12 +53,14 @@ def test_known_answers() -> None:
 
 
 def _naive(frame: pd.DataFrame) -> pd.DataFrame:
-    """The definitions written the slow, obvious way (one row at a time)."""
+    """The definitions written the slow, obvious way (one row at a time); a label counts once it has arrived."""
     ts = (frame["tx_datetime"].astype("int64") // 10**9).to_numpy()
+    arrival = label_arrival_seconds(frame, F)
     rows = []
     d = F.label_delay_days * DAY_S
     for i in range(len(frame)):
         t, c, term = ts[i], frame["customer_id"].iat[i], frame["terminal_id"].iat[i]
+        known_fraud = frame["is_fraud"].to_numpy() * (arrival < t)
         cust = (frame["customer_id"] == c).to_numpy() & (ts < t)
         r: dict[str, float] = {}
         for w in (1, 7, 30):
@@ -72,17 +78,18 @@ def _naive(frame: pd.DataFrame) -> pd.DataFrame:
         for w in (1, 7, 30):
             win = at & (ts >= t - d - w * DAY_S) & (ts < t - d)
             r[f"terminal_count_{w}d"] = int(win.sum())
-            r[f"terminal_fraud_rate_{w}d"] = frame["is_fraud"].to_numpy()[win].mean() if win.any() else 0.0
+            r[f"terminal_fraud_rate_{w}d"] = known_fraud[win].mean() if win.any() else 0.0
         r["terminal_count_recent_1d"] = int((at & (ts >= t - DAY_S) & (ts < t)).sum())
-        r |= _naive_behaviour(frame, ts, i, cust, r)
+        r |= _naive_behaviour(frame, ts, i, cust, r, known_fraud)
         rows.append(r)
     return pd.DataFrame(rows)
 
 
-def _naive_behaviour(frame: pd.DataFrame, ts: np.ndarray, i: int, cust: np.ndarray, base: dict[str, float]
-                     ) -> dict[str, float]:
-    """The behaviour groups (the card's label history, its amount habit), one row."""
-    t, amount, fraud = ts[i], frame["amount"].to_numpy(), frame["is_fraud"].to_numpy()
+def _naive_behaviour(frame: pd.DataFrame, ts: np.ndarray, i: int, cust: np.ndarray, base: dict[str, float],
+                     fraud: np.ndarray) -> dict[str, float]:
+    """The behaviour groups (the card's label history from the labels ``fraud`` known at row ``i``, its amount
+    habit), one row."""
+    t, amount = ts[i], frame["amount"].to_numpy()
     d = F.label_delay_days * DAY_S
     r: dict[str, float] = {}
     m30, s30 = base["customer_mean_amount_30d"], base["customer_std_amount_30d"]
@@ -141,13 +148,14 @@ def test_later_transactions_change_no_earlier_feature(months: dict[str, pd.DataF
 
 
 def test_a_label_newer_than_the_delay_never_changes_a_terminal_feature(months: dict[str, pd.DataFrame]) -> None:
-    month = months["2025-02"].reset_index(drop=True)
+    month = months["2025-02"].reset_index(drop=True).drop(columns=LABEL_AVAILABLE_AT)  # the default rule alone
     flipped = month.copy()
     i = len(month) // 2
     flipped.loc[i, "is_fraud"] = 1 - flipped.loc[i, "is_fraud"]
     t = month.loc[i, "tx_datetime"]
-    a = build_features(month, F, history=months["2025-01"])
-    b = build_features(flipped, F, history=months["2025-01"])
+    history = months["2025-01"].drop(columns=LABEL_AVAILABLE_AT)
+    a = build_features(month, F, history=history)
+    b = build_features(flipped, F, history=history)
     within = (month["tx_datetime"] < t + pd.Timedelta(days=F.label_delay_days)).to_numpy()
     pd.testing.assert_frame_equal(a.loc[within, FEATURE_COLUMNS], b.loc[within, FEATURE_COLUMNS])
     later = ~within & (month["terminal_id"] == month.loc[i, "terminal_id"]).to_numpy()
@@ -185,8 +193,9 @@ def test_store_replay_matches_batch_and_serves_other_processes(months: dict[str,
     for row in head.to_dict("records"):
         tx = {k: row[k] for k in ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount")}
         got = online([tx]).iloc[0][FEATURE_COLUMNS].to_numpy(np.float64)
-        # Labels arrive for what was scored (here at once; the delay rule decides when they count).
-        store.add_labels([{"transaction_id": row["transaction_id"], "is_fraud": row["is_fraud"]}])
+        # Labels arrive for what was scored (posted at once, dated when they arrive: they count from then on).
+        store.add_labels([{"transaction_id": row["transaction_id"], "is_fraud": row["is_fraud"],
+                           "label_available_at": row["label_available_at"]}])
         np.testing.assert_allclose(got, batch.loc[row["transaction_id"], FEATURE_COLUMNS].to_numpy(np.float64),
                                    rtol=0, atol=1e-9)
     assert store.count() == len(history) + len(head)
@@ -289,3 +298,87 @@ def test_month_boundary_training_features_equal_a_store_holding_everything_befor
     # It would not hold with only February as history: the 30-day terminal windows end 7 days back in January.
     short = build_features(three_months[mar], F, history=three_months[feb]).loc[early.index, FEATURE_COLUMNS]
     assert np.abs(online - short.to_numpy()).max() > 1e-6
+
+
+def _one_fraud_at_a_terminal(arrival: pd.Timestamp) -> pd.DataFrame:
+    """Card A's fraud at terminal T on March 1st, its label arriving at ``arrival``; card B's later legit rows."""
+    frame = pd.DataFrame([_tx(0, "2025-03-01 12:00", "A", "T", 50.0, fraud=1),
+                          _tx(1, "2025-03-02 12:00", "B", "T", 20.0)])
+    return frame.assign(label_available_at=[arrival, pd.Timestamp("2025-03-02 12:00", tz="UTC")])
+
+
+def test_a_label_is_read_by_no_feature_before_it_arrives(tmp_path: Path) -> None:
+    """A terminal's one fraud, labelled 20 days later: a query one second before the label arrives sees a rate of 0,
+    one second after sees it, in batch mode, online from a frame and online from a store alike; the card's own label
+    history likewise."""
+    from fraud_assets.adapters.online_store import OnlineFeatures, SqliteTransactionStore
+
+    arrival = pd.Timestamp("2025-03-21 08:00", tz="UTC")
+    past = _one_fraud_at_a_terminal(arrival)
+    probes = [_tx(10 + k, str(arrival + pd.Timedelta(seconds=s)), "A", "T", 10.0) for k, s in enumerate((-1, 0, 1))]
+    store = SqliteTransactionStore(tmp_path / "store.sqlite")
+    store.seed(past)
+    label_columns = ["terminal_fraud_rate_30d", "card_known_frauds", "card_days_since_known_fraud"]
+    seen = []
+    for probe in probes:  # each alone, so no probe is the past of another
+        keys = {k: probe[k] for k in ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount")}
+        batch = build_features(pd.DataFrame([probe]), F, history=past).iloc[0][FEATURE_COLUMNS].to_numpy(np.float64)
+        online = online_features([keys], F, history=past).iloc[0][FEATURE_COLUMNS].to_numpy(np.float64)
+        stored = OnlineFeatures(store, F, remember=False).matrix([keys])[0]
+        assert np.array_equal(batch, online) and np.array_equal(batch, stored)
+        seen.append(pd.Series(batch, index=FEATURE_COLUMNS)[label_columns].tolist())
+    before, at, after = seen
+    assert before == at == [0.0, 0.0, NO_HISTORY]  # strictly before the query's second, like a transaction
+    assert after == [0.5, 1.0, pytest.approx(19.8334, abs=1e-4)]  # 1 fraud of 2 rows; 19 days 20 hours ago
+    # Under the default rule (no arrival time) the same label was known since March 8th.
+    rule = build_features(pd.DataFrame([probes[0]]), F, history=past.drop(columns=LABEL_AVAILABLE_AT)).iloc[0]
+    assert rule["terminal_fraud_rate_30d"] == 0.5 and rule["card_known_frauds"] == 1.0
+
+
+def test_the_days_since_a_known_fraud_skip_a_later_fraud_not_known_yet() -> None:
+    frame = pd.DataFrame([_tx(0, "2025-03-01 12:00", "A", "T1", 50.0, fraud=1),
+                          _tx(1, "2025-03-05 12:00", "A", "T2", 60.0, fraud=1)])
+    frame["label_available_at"] = pd.to_datetime(["2025-03-08 12:00", "2025-04-20 00:00"], utc=True)
+    probe = pd.DataFrame([_tx(2, "2025-03-20 12:00", "A", "T3", 10.0)])
+    f = build_features(probe, F, history=frame).iloc[0]
+    assert f["card_known_frauds"] == 1.0 and f["card_known_fraud_rate"] == 0.5
+    assert f["card_days_since_known_fraud"] == 19.0  # the first fraud: the second's label comes in April
+
+
+def test_labels_arriving_with_the_delay_give_the_rules_features_to_the_bit(three_months: dict[str, pd.DataFrame]
+                                                                            ) -> None:
+    rule = {m: f.drop(columns=LABEL_AVAILABLE_AT) for m, f in three_months.items()}
+    on_time = {m: f.assign(label_available_at=default_label_available_at(f["tx_datetime"], F))
+               for m, f in three_months.items()}
+    by_rule, by_arrival = build_features_by_month(rule, F), build_features_by_month(on_time, F)
+    simulated = build_features_by_month(three_months, F)
+    for m in three_months:
+        assert np.array_equal(by_rule[m][FEATURE_COLUMNS].to_numpy(), by_arrival[m][FEATURE_COLUMNS].to_numpy())
+    # The simulator's spread of delays does change the label features (about half its labels come later).
+    march = "2025-03"
+    changed = (simulated[march][FEATURE_COLUMNS] != by_rule[march][FEATURE_COLUMNS]).any()
+    assert set(changed[changed].index) == {f"terminal_fraud_rate_{w}d" for w in (1, 7, 30)} | {
+        "card_known_frauds", "card_known_fraud_rate", "card_days_since_known_fraud"}
+
+
+def test_a_store_migrated_or_seeded_without_arrival_times_reads_them_by_the_rule(
+        months: dict[str, pd.DataFrame], tmp_path: Path) -> None:
+    """A store made before label_at (its labelled rows have none) and one seeded from snapshots without the column
+    both give batch mode's features of those snapshots: the default rule, label_delay_days after the transaction."""
+    from fraud_assets.adapters.online_store import OnlineFeatures, SqliteTransactionStore
+    from tests.unit.test_online_speed_paths import _old_store
+
+    history, month = (months[m].drop(columns=LABEL_AVAILABLE_AT) for m in ("2025-01", "2025-02"))
+    old = tmp_path / "old.sqlite"
+    _old_store(old, list(zip(history["transaction_id"], (history["tx_datetime"].astype("int64") // 10**9).tolist(),
+                             history["customer_id"], history["terminal_id"], history["amount"].tolist(),
+                             history["is_fraud"].astype(int).tolist(), strict=True)), "before label arrival times")
+    seeded = SqliteTransactionStore(tmp_path / "seeded.sqlite")
+    seeded.seed(history)
+    first_week = month[month["tx_datetime"] < pd.Timestamp("2025-02-08", tz="UTC")]
+    txs = first_week[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount"]].to_dict("records")
+    expected = build_features(first_week, F, history=history)[FEATURE_COLUMNS].to_numpy(np.float64)
+    for store in (SqliteTransactionStore(old), seeded):
+        got = OnlineFeatures(store, F, remember=False).matrix(txs)
+        assert np.abs(got - expected).max() <= 1e-9
+    assert (expected[:, FEATURE_COLUMNS.index("terminal_fraud_rate_30d")] > 0).any()  # labels were read

@@ -16,9 +16,20 @@ T0 = 1_740_000_000  # 2025-02-19: the queries' second; the history reaches up to
 MAX_AMOUNT = load_params().data.max_amount
 
 
+def _arrivals(rng: np.random.Generator, ts: np.ndarray, now: int) -> np.ndarray | None:
+    """Random label arrival times of rows at ``ts``: none at all (the default rule), or per row the rule (NaN), a
+    delay of up to 60 days, the query's second or one either side of it, or never (+inf)."""
+    if rng.random() < 0.2:
+        return None
+    n = len(ts)
+    options = np.stack([np.full(n, np.nan), ts + rng.integers(0, 60 * F.DAY_S + 1, n), np.full(n, now),
+                        np.full(n, now - 1), np.full(n, now + 1), np.full(n, np.inf)]).astype(np.float64)
+    return options[rng.integers(0, len(options), n), np.arange(n)]
+
+
 def _history(rng: np.random.Generator, n: int, cards: int, terminals: int, now: int = T0) -> F.Rows:
-    """Random past rows: ties at one second (``now`` too), unknown (NaN) labels, amounts from 0 to the maximum or
-    nearly equal."""
+    """Random past rows: ties at one second (``now`` too), unknown (NaN) labels, labels arriving before, at and
+    after ``now``, amounts from 0 to the maximum or nearly equal."""
     ts = now - rng.integers(0, int(rng.choice([3_600, 10 * F.DAY_S, 45 * F.DAY_S])) + 1, n)
     if n and rng.random() < 0.5:
         ts[rng.integers(0, n, n // 3 + 1)] = rng.choice([ts[0], now])  # many rows in one second, maybe the query's
@@ -28,7 +39,8 @@ def _history(rng: np.random.Generator, n: int, cards: int, terminals: int, now: 
     labels = rng.integers(0, 2, n).astype(np.float64)
     labels[rng.random(n) < 0.3] = np.nan
     return F.Rows(ts.astype(np.int64), [f"C{c}" for c in rng.integers(0, cards, n)],
-                  [f"T{t}" for t in rng.integers(0, terminals, n)], amounts.astype(np.float64), labels)
+                  [f"T{t}" for t in rng.integers(0, terminals, n)], amounts.astype(np.float64), labels,
+                  _arrivals(rng, ts, now))
 
 
 def _query(rng: np.random.Generator, cards: int, terminals: int) -> F.Rows:
@@ -39,7 +51,9 @@ def _query(rng: np.random.Generator, cards: int, terminals: int) -> F.Rows:
 
 def test_the_one_query_kernel_equals_the_vectorized_features_on_random_cases() -> None:
     rng = np.random.default_rng(20250219)
-    seen = {"empty history": 0, "new terminal": 0, "known terminal": 0, "known fraud": 0, "std": 0, "tie": 0}
+    seen = {"empty history": 0, "new terminal": 0, "known terminal": 0, "known fraud": 0, "std": 0, "tie": 0,
+            "fraud not arrived": 0, "late fraud arrived": 0}
+    delay = P.label_delay_days * F.DAY_S
     for case in range(600):
         cards, terminals = int(rng.integers(1, 6)), int(rng.integers(1, 6))
         history = _history(rng, int(rng.choice([0, 1, 2, 8, 40, 200])), cards, terminals)
@@ -57,6 +71,10 @@ def test_the_one_query_kernel_equals_the_vectorized_features_on_random_cases() -
         seen["known fraud"] += kernel["card_days_since_known_fraud"] != F.NO_HISTORY
         seen["std"] += kernel["customer_std_amount_30d"] > 0
         seen["tie"] += bool(np.any(history.ts == query.ts[0]))
+        if history.label_at is not None:  # frauds of the label windows whose label comes after the delay
+            late = (history.label == 1) & (history.ts < T0 - delay) & (history.label_at > history.ts + delay)
+            seen["fraud not arrived"] += bool(np.any(late & (history.label_at >= T0)))
+            seen["late fraud arrived"] += bool(np.any(late & (history.label_at < T0)))
     assert min(seen.values()) >= 10, seen  # every situation the kernel must get right came up
 
 
@@ -71,21 +89,30 @@ def test_one_query_takes_the_kernel_and_equals_its_row_among_several_queries(mon
     monkeypatch.setattr(F, "_window_features", lambda *a: calls.append(a) or pytest.fail("vectorized path taken"))
     for i in range(3):
         one = F.Rows(queries.ts[i:i + 1], queries.customer[i:i + 1], queries.terminal[i:i + 1],
-                     queries.amount[i:i + 1], queries.label[i:i + 1])
+                     queries.amount[i:i + 1], queries.label[i:i + 1], queries.label_at)
         alone = F.feature_values(history, one, hour[i:i + 1], weekday[i:i + 1], P)
         assert alone.shape == (1, len(F.FEATURE_COLUMNS)) and alone.dtype == np.float64
         assert np.abs(alone[0] - together[i]).max() <= 1e-9
     assert not calls
 
 
-def _old_store(path: Path, rows: list[tuple]) -> None:
-    """A store as made before the covering indexes (the schema of then), with ``rows``."""
+_OLD_SCHEMAS = {
+    "before the covering indexes": """
+        CREATE INDEX transactions_customer ON transactions (customer_id, ts);
+        CREATE INDEX transactions_terminal ON transactions (terminal_id, ts);""",
+    "before label arrival times": """
+        CREATE INDEX transactions_customer_covering ON transactions (customer_id, ts, terminal_id, amount, is_fraud);
+        CREATE INDEX transactions_terminal_covering ON transactions (terminal_id, ts, customer_id, amount, is_fraud);
+        """,
+}
+
+
+def _old_store(path: Path, rows: list[tuple], schema: str = "before the covering indexes") -> None:
+    """A store as made by an earlier version (the table without ``label_at``, the indexes of then), with ``rows``."""
     with sqlite3.connect(path) as conn:
         conn.executescript("""
             CREATE TABLE transactions (transaction_id TEXT PRIMARY KEY, ts INTEGER NOT NULL, customer_id TEXT NOT NULL,
-                terminal_id TEXT NOT NULL, amount REAL NOT NULL, is_fraud INTEGER);
-            CREATE INDEX transactions_customer ON transactions (customer_id, ts);
-            CREATE INDEX transactions_terminal ON transactions (terminal_id, ts);""")
+                terminal_id TEXT NOT NULL, amount REAL NOT NULL, is_fraud INTEGER);""" + _OLD_SCHEMAS[schema])
         conn.executemany("INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?)", rows)
 
 
@@ -94,31 +121,41 @@ def _schema_version(path: Path) -> int:
         return int(conn.execute("PRAGMA schema_version").fetchone()[0])
 
 
-def test_an_old_store_gets_the_covering_indexes_and_reads_the_same_rows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("schema", list(_OLD_SCHEMAS))
+def test_an_old_store_gets_label_at_and_the_covering_indexes_and_reads_the_same_rows(tmp_path: Path, schema: str
+                                                                                     ) -> None:
     from fraud_assets.adapters.online_store import SqliteTransactionStore
 
     path = tmp_path / "store.sqlite"
     _old_store(path, [("t0", 100, "A", "T1", 1.0, 0), ("t1", 200, "A", "T2", 2.0, 1), ("t2", 200, "B", "T1", 3.0, None),
-                      ("t3", 300, "B", "T1", 4.0, 0), ("t4", 400, "A", "T1", 5.0, 1), ("t5", 500, "C", "T3", 6.0, 0)])
+                      ("t3", 300, "B", "T1", 4.0, 0), ("t4", 400, "A", "T1", 5.0, 1), ("t5", 500, "C", "T3", 6.0, 0)],
+               schema)
     before = _schema_version(path)
     store = SqliteTransactionStore(path)
     migrated = _schema_version(path)
     with sqlite3.connect(path) as conn:
         indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(transactions)")]
         plan = " ".join(r[-1] for r in conn.execute(
-            "EXPLAIN QUERY PLAN SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
+            "EXPLAIN QUERY PLAN SELECT ts, customer_id, terminal_id, amount, is_fraud, label_at FROM transactions "
             "WHERE customer_id IN (?) AND ts >= ? AND ts < ? UNION ALL "
-            "SELECT ts, customer_id, terminal_id, amount, is_fraud FROM transactions "
+            "SELECT ts, customer_id, terminal_id, amount, is_fraud, label_at FROM transactions "
             "WHERE terminal_id IN (?) AND ts >= ? AND ts < ? AND customer_id NOT IN (?)", ["A", 0, 1, "T1", 0, 1, "A"]))
-    assert indexes == {"sqlite_autoindex_transactions_1", "transactions_customer_covering",
-                       "transactions_terminal_covering"}
+    assert indexes == {"sqlite_autoindex_transactions_1", "transactions_by_customer", "transactions_by_terminal"}
+    assert columns[-1] == "label_at"
     assert plan.count("COVERING INDEX") == 2, plan  # both halves of the read come from an index alone
     rows = store.history(["A"], ["T1"], 100, 500)  # A's rows, then T1's of other customers
     assert rows.ts.tolist() == [100, 200, 400, 200, 300] and list(rows.customer) == ["A", "A", "A", "B", "B"]
     assert list(rows.terminal) == ["T1", "T2", "T1", "T1", "T1"] and rows.amount.tolist() == [1.0, 2.0, 5.0, 3.0, 4.0]
     np.testing.assert_array_equal(rows.label, [0.0, 1.0, 1.0, np.nan, 0.0])  # a NULL label is NaN
+    # Labels stored before arrival times were kept have none: the features read them by the default rule.
+    assert np.isnan(rows.label_at).all()
     assert SqliteTransactionStore(path).count() == 6
     assert before < migrated == _schema_version(path)  # migrated once; opening it again changes nothing
+    assert store.add_labels([{"transaction_id": "t2", "is_fraud": 1, "label_available_at": "1970-01-01T00:10:00Z"}])
+    b = store.history(["B"], [], 0, 1000)  # a label recorded now carries its arrival, the old one still has none
+    assert b.ts.tolist() == [200, 300] and b.label.tolist() == [1.0, 0.0]
+    np.testing.assert_array_equal(b.label_at, [600.0, np.nan])
 
 
 def test_a_chunked_history_read_returns_each_row_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

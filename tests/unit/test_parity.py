@@ -170,3 +170,20 @@ def test_a_postgres_schema_name_must_be_a_plain_identifier(schema: str) -> None:
 
     with pytest.raises(ValueError, match="lower-case identifier"):
         PostgresTransactionStore("postgresql://nobody@127.0.0.1:1/none", schema=schema)
+
+
+def test_the_audit_covers_labels_by_arrival_time(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay posts each label once it has arrived; a replay that posted every label at once (what a store fed
+    labels as soon as they exist would hold) reads labels before their time, and the audit says which columns."""
+    from fraud_assets.adapters import parity_replay
+
+    assert _audit("--rows", "300")[0] == 0
+    original = parity_replay._Labels.post_before
+    monkeypatch.setattr(parity_replay._Labels, "post_before",
+                        lambda labels, store, second: original(labels, store, np.iinfo(np.int64).max))
+    code, out = _audit("--rows", "300")
+    assert code == 1, out
+    differing = {row.split()[0] for row in out.splitlines()  # the column table: name, max |diff|, rows
+                 if len(row.split()) == 3 and row.split()[0] in FEATURE_COLUMNS}
+    assert differing and differing <= {"terminal_fraud_rate_1d", "terminal_fraud_rate_7d", "terminal_fraud_rate_30d",
+                                       "card_known_frauds", "card_known_fraud_rate", "card_days_since_known_fraud"}

@@ -144,6 +144,30 @@ def test_labels_wait_for_the_rows_they_label(tmp_path: Path) -> None:
     guarded.close()
 
 
+def test_labels_written_late_keep_the_time_they_arrived(tmp_path: Path) -> None:
+    """A label posted while the store refuses writes counts from when it was posted (the call's wall clock, or its
+    own label_available_at), not from when the backlog reached the store."""
+    flaky = _Flaky(_seeded(tmp_path))
+    wall = [1_741_600_000.9]  # 2025-03-10 09:46:40.9 UTC
+    guarded = ResilientStore(flaky, retry_s=0.05, wall_clock=lambda: wall[0])
+    guarded.append([_tx(500, day=14), _tx(501, day=14)])
+    assert guarded.add_labels([{"transaction_id": "t500", "is_fraud": 1}]) == 1  # healthy: straight in, stamped now
+    flaky.fail_writes = True
+    assert guarded.add_labels([{"transaction_id": "t501", "is_fraud": 1},
+                               {"transaction_id": "t0", "is_fraud": 0, "label_available_at": "2025-03-02T00:00:00Z"}]
+                              ) == 0
+    wall[0] += 3600.0  # an hour later the store takes writes again
+    flaky.fail_writes = False
+    deadline = time.monotonic() + 10
+    while guarded.status().pending_labels and time.monotonic() < deadline:
+        time.sleep(0.02)
+    frame = flaky.inner.history_frame(["c1"], ["k1"], 0, 2**40).set_index("transaction_id")
+    arrived = frame["label_available_at"]
+    assert arrived["t500"] == arrived["t501"] == pd.Timestamp("2025-03-10 09:46:40", tz="UTC")  # floored to seconds
+    assert arrived["t0"] == pd.Timestamp("2025-03-02", tz="UTC") and frame.loc["t0", "is_fraud"] == 0
+    assert guarded.close() == 0
+
+
 def test_a_bug_is_not_mistaken_for_an_outage(tmp_path: Path) -> None:
     guarded = ResilientStore(_seeded(tmp_path), retry_s=0.05)
     with pytest.raises(TypeError):

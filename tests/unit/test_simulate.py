@@ -17,12 +17,13 @@ from fraud_assets.core.months import month_bounds
 from fraud_assets.core.simulate import (
     ORACLE_COLUMNS,
     SCENARIOS,
+    label_delay_seconds,
     make_population,
     simulate_month,
     simulate_months,
 )
 from fraud_assets.params import DataParams, load_params
-from fraud_assets.schemas import REQUIRED_COLUMNS
+from fraud_assets.schemas import LABEL_AVAILABLE_AT, REQUIRED_COLUMNS
 
 P = load_params()
 
@@ -59,7 +60,7 @@ def test_same_params_and_month_give_byte_identical_parquet() -> None:
 
 def test_canonical_and_oracle_columns_sorted_ids(loud: dict[str, pd.DataFrame]) -> None:
     frame = loud["2025-02"]
-    assert list(frame.columns) == REQUIRED_COLUMNS + ORACLE_COLUMNS
+    assert list(frame.columns) == [*REQUIRED_COLUMNS, LABEL_AVAILABLE_AT, *ORACLE_COLUMNS]
     assert frame["transaction_id"].str.fullmatch(r"tx-202502-\d{7}").all()
     assert frame["transaction_id"].is_monotonic_increasing and frame["tx_datetime"].is_monotonic_increasing
     start, end = month_bounds("2025-02")
@@ -69,6 +70,39 @@ def test_canonical_and_oracle_columns_sorted_ids(loud: dict[str, pd.DataFrame]) 
     assert (frame["is_fraud"] == (frame["fraud_scenario"] != "legit")).all()
     ids = pd.concat([f["transaction_id"] for f in loud.values()])
     assert ids.is_unique
+
+
+def _share_within(delay_s: np.ndarray, days: float) -> float:
+    return float(np.mean(delay_s <= days * 86_400))
+
+
+def test_label_delays_follow_the_cdf_of_the_params() -> None:
+    frame = simulate_month(P.data, "2025-03")  # the default population: about 22,000 rows
+    assert len(frame) >= 20_000
+    delay_s = (frame[LABEL_AVAILABLE_AT] - frame["tx_datetime"]).dt.total_seconds().to_numpy()
+    assert str(frame[LABEL_AVAILABLE_AT].dtype) == "datetime64[ns, UTC]"
+    assert delay_s.min() >= 0 and delay_s.max() <= 60 * 86_400  # never before the transaction, all within 60 days
+    for days, share in P.data.label_delay_cdf:  # [[0, 0], [7, 0.5], [30, 0.9], [60, 1]]: within 2 points
+        assert abs(_share_within(delay_s, days) - share) <= 0.02, (days, share, _share_within(delay_s, days))
+    assert abs(_share_within(delay_s, 18.5) - 0.7) <= 0.02  # linear between the points
+    fraud = frame["is_fraud"].to_numpy() == 1  # the same distribution for frauds
+    assert abs(_share_within(delay_s[fraud], 30) - 0.9) <= 0.1
+
+
+def test_a_label_delay_cdf_with_a_minimum_and_a_gap() -> None:
+    u = np.random.default_rng(0).random(20_000)
+    late = label_delay_seconds([(2, 0.0), (3, 1.0)], u)
+    assert late.min() >= 2 * 86_400 and late.max() < 3 * 86_400 and late.dtype == np.int64
+    gap = label_delay_seconds([(0, 0.0), (1, 0.5), (5, 0.5), (6, 1.0)], u)  # nothing arrives between days 1 and 5
+    assert not ((gap > 86_400) & (gap < 5 * 86_400)).any() and abs(_share_within(gap, 1) - 0.5) <= 0.02
+    assert label_delay_seconds([(0, 0.0), (7, 1.0)], np.array([0.0, 0.5])).tolist() == [0, 302_400]
+
+
+def test_label_arrivals_are_drawn_on_their_own_and_leave_the_other_columns_alone() -> None:
+    a = simulate_month(LOUD, "2025-02")
+    slower = simulate_month(LOUD.model_copy(update={"label_delay_cdf": ((0, 0.0), (90, 1.0))}), "2025-02")
+    pd.testing.assert_frame_equal(a.drop(columns=LABEL_AVAILABLE_AT), slower.drop(columns=LABEL_AVAILABLE_AT))
+    assert (slower[LABEL_AVAILABLE_AT] - slower["tx_datetime"]).max() > pd.Timedelta(days=60)
 
 
 def test_population_customers_shop_near_home() -> None:

@@ -60,9 +60,24 @@ def test_a_clean_month_is_all_valid(month: pd.DataFrame) -> None:
     ({"customer_id": ""}, "customer_id: failed str_length"),
     ({"terminal_id": None}, "terminal_id: missing value"),
     ({"transaction_id": None}, "transaction_id: missing value"),
+    ({"label_available_at": pd.Timestamp("2025-01-15", tz="UTC")}, "label_available_at: before tx_datetime"),
+    ({"label_available_at": pd.NaT}, "label_available_at: missing value"),
+    ({"label_available_at": "soon"}, "label_available_at: cannot be read as a timestamp ('soon')"),
 ])
 def test_each_rule_quarantines_one_row_with_its_reason(month: pd.DataFrame, changes: dict, expected: str) -> None:
     assert expected in _reason(month, 7, **changes)
+
+
+def test_label_arrival_is_optional_may_equal_the_transaction_time_and_stays_utc(month: pd.DataFrame) -> None:
+    without = validate_transactions(month.drop(columns="label_available_at"), "2025-02", data=P.data)
+    assert without.counts["rows_valid"] == 40 and "label_available_at" not in without.valid.columns
+    at_once = month.assign(label_available_at=month["tx_datetime"])  # the label known with the transaction
+    as_text = month.assign(label_available_at=month["label_available_at"].dt.tz_convert("Europe/Paris").astype(str))
+    for frame in (at_once, as_text):
+        valid = validate_transactions(frame, "2025-02", data=P.data).valid
+        assert len(valid) == 40 and str(valid["label_available_at"].dtype) == "datetime64[ns, UTC]"
+    pd.testing.assert_series_equal(validate_transactions(as_text, "2025-02", data=P.data).valid["label_available_at"],
+                                   month["label_available_at"].reset_index(drop=True))
 
 
 def test_label_outside_0_1_names_the_rule(month: pd.DataFrame) -> None:
