@@ -1,4 +1,5 @@
-"""Thin glue over the ``dvc`` command: pin the snapshot folder in ``data.dvc``, push, pull, read data versions.
+"""Thin glue over the ``dvc`` command: pin the snapshot folder in ``data.dvc``, push, pull, read data versions
+and fetch the bytes of one back by its hash.
 
 The snapshot folder (``params.yaml`` ``data.dir``) is tracked by ``data.dvc`` at the repository root; the
 DVC hash of a month's file (the MD5 of its bytes) is that month's data version. The default remote
@@ -10,8 +11,11 @@ points the remote there instead.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -90,6 +94,29 @@ def push(root: Path) -> None:
 def pull(root: Path) -> None:
     """Fetch what ``data.dvc`` pins from the remote and check it out into the snapshot folder."""
     run_dvc(Path(root), "pull", DVC_FILE)
+
+
+def restore_version(root: Path, md5: str, dest: Path) -> Path:
+    """Fetch the file whose DVC hash is ``md5`` (a month's data version) from the remote into ``dest``.
+
+    A temporary ``.dvc`` file in ``root`` pins that hash and ``dvc pull`` brings its bytes back (from the local
+    cache when they are still there), so a data version recorded in Dagster or MLflow yields the exact snapshot
+    it names even after the snapshot folder moved on.
+
+    Raises:
+        ValueError: ``md5`` is not an MD5 hex digest.
+        DvcError: neither the cache nor the remote has those bytes.
+    """
+    if not re.fullmatch(r"[0-9a-f]{32}", md5):
+        raise ValueError(f"a data version is a 32-digit MD5 hex digest, got {md5!r}")
+    root, dest = Path(root), Path(dest)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".restore-") as tmp:
+        pin = Path(tmp) / f"{md5}.dvc"
+        pin.write_text(f"outs:\n- md5: {md5}\n  path: {md5}\n  hash: md5\n")
+        run_dvc(root, "pull", pin.relative_to(root).as_posix())
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(tmp) / md5, dest)  # a copy even when the cache links files (symlink, hardlink)
+    return dest
 
 
 def repro(root: Path, *targets: str) -> str:

@@ -82,7 +82,10 @@ def test_csv_with_a_column_map_and_a_local_timezone(repo: Path, truth: pd.DataFr
     snaps = _snapshots(repo)
     assert set(snaps) == {"2025-01", "2025-02"}  # split by UTC month, though New York is still in January
     got = pd.concat([pd.read_parquet(p) for p in snaps.values()], ignore_index=True)
-    assert list(got.columns) == ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount", "is_fraud"]
+    assert list(got.columns) == ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount", "is_fraud",
+                                 "label_available_at"]  # the export has no arrival times: the label delay's
+    delay = pd.Timedelta(days=P.features.label_delay_days)
+    assert (got["label_available_at"] == got["tx_datetime"] + delay).all()
     assert len(got) == len(truth)
     expected = truth.assign(transaction_id=truth["transaction_id"].str.replace("tx-", "bank-"),
                             customer_id=truth["customer_id"].str[1:].astype(int).astype(str))
@@ -147,6 +150,7 @@ def test_core_rejects_bad_maps_files_and_timestamps(tmp_path: Path) -> None:
         parse_column_map(["cost=price"])
     with pytest.raises(ValueError, match="'amount' is mapped twice"):
         parse_column_map(["a=amount", "b=amount"])
+    assert parse_column_map(["known=label_available_at"]) == {"known": "label_available_at"}  # optional, canonical
     broken = tmp_path / "broken.parquet"
     broken.write_text("nope")
     with pytest.raises(SnapshotError, match=r"cannot read .*broken\.parquet"):
@@ -175,3 +179,21 @@ def test_core_normalizes_offsets_labels_and_keeps_unreadable_amounts_for_quarant
     assert by_id.loc["10", "tx_datetime"] == pd.Timestamp("2025-03-30 01:00", tz="UTC")  # DST gap: shifted forward
     assert by_id.loc["10", "is_fraud"] == 1 and pd.isna(by_id.loc["12", "is_fraud"])
     assert pd.isna(by_id.loc["11", "amount"]) and len(out) == 3  # kept: validation quarantines it
+
+
+def test_core_keeps_a_sources_label_arrival_times_in_utc_and_derives_missing_ones() -> None:
+    raw = pd.DataFrame({"transaction_id": ["a", "b", "c"],
+                        "tx_datetime": ["2025-01-05 10:00", "2025-01-06 10:00", "2025-01-07 10:00"],
+                        "customer_id": ["c1", "c2", "c3"], "terminal_id": ["t", "t", "t"],
+                        "amount": [1.0, 2.0, 3.0], "is_fraud": [0, 1, 0],
+                        "known": ["2025-01-20 09:00", "2025-02-01T00:00:00Z", "later"]})
+    kept = to_canonical(raw, {"known": "label_available_at"}, "Europe/Paris", features=P.features)
+    by_id = kept.set_index("transaction_id")["label_available_at"]
+    assert str(kept["label_available_at"].dtype) == "datetime64[ns, UTC]"
+    assert by_id["a"] == pd.Timestamp("2025-01-20 08:00", tz="UTC")  # naive: read in --timezone, like tx_datetime
+    assert by_id["b"] == pd.Timestamp("2025-02-01 00:00", tz="UTC")  # its own offset wins
+    assert pd.isna(by_id["c"])  # unreadable: kept missing, for validation to quarantine
+    derived = to_canonical(raw.drop(columns=["known"]), {}, "UTC", features=P.features)
+    delay = pd.Timedelta(days=P.features.label_delay_days)
+    assert (derived["label_available_at"] == derived["tx_datetime"] + delay).all()
+    assert "label_available_at" not in to_canonical(raw.drop(columns=["known"]), {}, "UTC").columns
