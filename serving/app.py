@@ -32,7 +32,8 @@ Features come from the online store (:mod:`fraud_assets.adapters.online_store`; 
 default, seeded from the snapshots by the ``online_store`` asset): each transaction is described from the
 stored past of its customer and terminal by the same code as training, then recorded in the store before
 the answer goes out, so the next transaction of that card sees it. ``POST /labels`` writes the labels to the
-store too, where they reach the terminal fraud rates once older than ``features.label_delay_days``.
+store too, each with when it arrived (its ``label_available_at``, default the request's time): the label features
+read it from then on, for transactions older than ``features.label_delay_days``.
 
 When the store fails (:mod:`fraud_assets.adapters.resilient_store`): every statement gives up after
 ``serve.store_timeout_s``; an unreadable store gives *degraded* answers for ``serve.store_retry_s`` (scored without
@@ -43,6 +44,16 @@ are scored in a thread of their own, so a slow store never holds the event loop 
 Every scored transaction goes to the prediction log (:mod:`fraud_assets.adapters.prediction_log`) off the hot path;
 its writer's state (rows waiting, dropped, the last error) is in ``/ready``, and Serve's health check restarts a
 replica whose log writer or store backlog writer stopped.
+
+Shadow scoring (``serve.shadow``): the follower also resolves ``registry.challenger_alias`` every interval and, when
+it names another version than the serving one, loads it the champion's way (XGBoost's format, its own feature
+definition, a warm-up row); after each answer, a thread of its own rescores the answer's feature matrix with it
+(when both versions share a feature definition; otherwise the rows are skipped and counted) and queues the scores
+in the prediction log as role ``shadow``. The answers, their latency path and ``/metrics``' answer counts never
+depend on it: a challenger that cannot be loaded is logged once and not shadowed (retried after the same backoff
+as a refused champion), rows beyond ``serve.prediction_log_max_rows`` waiting for it are dropped and counted, a
+failure is counted (``fraud_shadow_errors_total``) and never raised. ``/ready`` names the shadow version (or
+null) and its counts.
 
 Network exposure: the HTTP proxy binds 127.0.0.1 unless told otherwise, but Ray's own internal services
 (GCS, raylet, object manager, workers) listen on all interfaces of the machine; run it on a trusted network
@@ -56,6 +67,7 @@ import asyncio
 import gc
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
@@ -67,7 +79,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from ray import serve
 from ray.serve import Application
@@ -251,6 +263,115 @@ class _StoreLabels:
         return self._store.add_labels(labels)
 
 
+class ShadowReadiness(Readiness):
+    """Readiness with the shadow version beside the serving one."""
+
+    shadow_version: str | None = Field(default=None, description=(
+        "the challenger version this replica scores beside the champion, off the answer path (null: none)"))
+    shadow: dict[str, Any] | None = Field(default=None, description=(
+        "shadow scoring (serve.shadow): the alias followed, rows scored, skipped (another feature definition), "
+        "dropped (too many waiting), failed batches, why no version is shadowed (null: nothing wrong); null when off"))
+
+
+class _Shadow:
+    """The challenger scoring beside the champion: its :class:`Predictor` (set by the alias follower) and a thread of
+    its own that rescores each answered batch's feature matrix and queues the scores in the prediction log.
+
+    Off the answer path: a batch is handed over once its answer is built; at most ``max_rows`` rows wait (beyond:
+    dropped and counted); a batch whose champion built its features with another definition is skipped and
+    counted; a failed batch is counted and logged once per episode, never raised.
+    """
+
+    def __init__(self, alias: str, log: PredictionLog, max_rows: int, registry: CollectorRegistry,
+                 reload_interval_s: float) -> None:
+        self.alias = alias
+        self.predictor: Predictor | None = None
+        self.error: str | None = None  # why the alias's version is not shadowed (refused, unreadable alias)
+        self.refusals = RefusalMemory(reload_interval_s, max(300.0, reload_interval_s))
+        self._log, self._max_rows = log, max_rows
+        self._lock = threading.Lock()
+        self._waiting = 0  # rows handed over, not scored yet
+        self._failing = False
+        self.counts = {"scored": 0, "skipped": 0, "dropped": 0, "errors": 0}
+        self._rows = Counter("fraud_shadow_rows", "Answered transactions by what shadow scoring did with them",
+                             ["outcome"], registry=registry)
+        self._errors = Counter("fraud_shadow_errors", "Shadow scoring batches that failed (no answer is affected)",
+                               registry=registry)
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="shadow")
+
+    def submit(self, champion: "Predictor", request_ids: list[str], transactions: list[dict[str, Any]],
+               scored: "Scored") -> None:
+        """Hand an answered batch over for shadow scoring (returns at once; nothing when no version is shadowed)."""
+        shadow, n = self.predictor, len(transactions)
+        if shadow is None or not n or shadow.version == champion.version:
+            return
+        with self._lock:
+            full = self._waiting + n > self._max_rows
+            if not full:
+                self._waiting += n
+        if full:
+            self._count("dropped", n)
+            return
+        try:
+            self._worker.submit(self._score, shadow, champion, request_ids, transactions, scored)
+        except RuntimeError:  # shutting down: the replica is stopping
+            with self._lock:
+                self._waiting -= n
+            self._count("dropped", n)
+
+    def status(self) -> dict[str, Any]:
+        """What ``/ready`` shows of shadow scoring."""
+        return {"alias": self.alias, "version": self.predictor.version if self.predictor else None,
+                "waiting": self._waiting, **self.counts, "error": self.error}
+
+    def refused(self, message: str) -> None:
+        """The alias's version is not shadowed because of ``message``: logged the first time it comes, kept for
+        ``/ready``."""
+        if message != self.error:
+            logger.warning("not shadowing %s (answers are not affected): %s", self.alias, message)
+        self.predictor, self.error = None, message
+
+    def unreadable(self, message: str) -> None:
+        """The alias cannot be read (``message``, logged the first time it comes): the shadow version, if any, goes
+        on until it can."""
+        if message != self.error:
+            logger.warning("cannot follow %s for shadow scoring (answers are not affected): %s", self.alias, message)
+        self.error = message
+
+    def close(self) -> None:
+        """Score what was handed over (before the prediction log's last flush)."""
+        self._worker.shutdown(wait=True)
+
+    def _score(self, shadow: "Predictor", champion: "Predictor", request_ids: list[str],
+               transactions: list[dict[str, Any]], scored: "Scored") -> None:
+        n = len(transactions)
+        try:
+            positions = shadow.shadow_positions(champion)
+            if positions is None:
+                self._count("skipped", n)
+                return
+            probabilities = shadow.probabilities_of_matrix(scored.features[:, positions])
+            kept = self._log.record_shadow(request_ids, transactions, shadow.version, shadow.threshold,
+                                           probabilities.tolist(), scored.degraded)
+            self._count("scored" if kept else "dropped", n)
+            self._failing = False
+        except Exception as exc:  # the shadow's own failure: counted, logged once per episode, never an answer's
+            with self._lock:
+                self.counts["errors"] += 1
+            self._errors.inc()
+            if not self._failing:
+                logger.warning("shadow v%s could not score %d rows: %s", shadow.version, n, _one_line(exc))
+            self._failing = True
+        finally:
+            with self._lock:
+                self._waiting -= n
+
+    def _count(self, outcome: str, n: int) -> None:
+        with self._lock:
+            self.counts[outcome] += n
+        self._rows.labels(outcome).inc(n)
+
+
 @serve.deployment
 @serve.ingress(app)
 class FraudScorer:
@@ -263,7 +384,8 @@ class FraudScorer:
                  reasons: Literal["alerts", "all"] = "alerts", store_timeout_s: float = 0.1,
                  store_retry_s: float = 1.0, max_pending_rows: int = 100_000,
                  prediction_log_max_rows: int = 200_000, prediction_log_retention_days: int | None = None,
-                 metrics_open: bool = False, sensitive_columns: tuple[str, ...] = ()) -> None:
+                 metrics_open: bool = False, sensitive_columns: tuple[str, ...] = (),
+                 shadow_alias: str | None = None) -> None:
         disable_telemetry()
         for name, value in MLFLOW_CLIENT_LIMITS.items():  # the follower asks again next interval anyway: an MLflow
             os.environ.setdefault(name, value)  # that is down shows in /ready in seconds, not after minutes of retries
@@ -306,6 +428,9 @@ class FraudScorer:
         self._scoring = ThreadPoolExecutor(1, thread_name_prefix="scoring")
         self._label_sinks: list[LabelSink] = [self._log, _StoreLabels(self._store)]
         self._predictor: Predictor | None = None
+        # serve.shadow: the version of ``shadow_alias`` scores beside the champion (None: no shadow scoring)
+        self._shadow = None if shadow_alias is None else _Shadow(
+            shadow_alias, self._log, prediction_log_max_rows, self._metrics.registry, reload_interval_s)
         self._error: str | None = None
         self._follower = asyncio.get_running_loop().create_task(self._follow_alias())
 
@@ -314,16 +439,18 @@ class FraudScorer:
         """Liveness: the replica answers."""
         return _json({"status": "ok"})
 
-    @app.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
+    @app.get("/ready", response_model=ShadowReadiness, responses={503: {"model": ShadowReadiness}})
     async def ready(self) -> Response:
         """Readiness: 200 with the serving version once a model is loaded and warmed up, else 503 with why."""
         predictor = self._predictor
         status = "ready" if predictor else ("error" if self._error else "loading")
-        body = Readiness(status=status, model_version=predictor.version if predictor else None,
-                         model_name=self._model_name, alias=self._alias, error=self._error,
-                         insecure_local=self._insecure, calibrated=predictor.calibrated if predictor else None,
-                         store=self._store.status().as_dict(), prediction_log=self._log.status(),
-                         token_key_id=key_id(self._token_key) if self._token_key else None)
+        shadow = self._shadow.status() if self._shadow else None
+        body = ShadowReadiness(status=status, model_version=predictor.version if predictor else None,
+                               model_name=self._model_name, alias=self._alias, error=self._error,
+                               insecure_local=self._insecure, calibrated=predictor.calibrated if predictor else None,
+                               store=self._store.status().as_dict(), prediction_log=self._log.status(),
+                               token_key_id=key_id(self._token_key) if self._token_key else None,
+                               shadow_version=shadow["version"] if shadow else None, shadow=shadow)
         return _json(body.model_dump(), status_code=200 if predictor else 503)
 
     @app.get("/metrics", response_class=Response, openapi_extra=KEYED, responses={401: REFUSALS[401]})
@@ -349,7 +476,7 @@ class FraudScorer:
         transactions = self._tokenized(transactions)
         predictor = self._require_predictor()
         scored = await asyncio.to_thread(self._score_and_remember, predictor, transactions)
-        self._after_scoring(transactions, scored, [request.state.request_id] * len(transactions))
+        self._after_scoring(predictor, transactions, scored, [request.state.request_id] * len(transactions))
         return _json({"scores": scored.decisions})
 
     @app.post("/labels", response_model=LabelsStored, responses=REFUSALS,
@@ -357,7 +484,9 @@ class FraudScorer:
     async def labels(self, request: Request) -> Response:
         """Store late fraud labels durably (answered once they are on disk)."""
         batch = _parse(LABEL_BATCH, await request.body())
-        labels = [label.model_dump() for label in batch.labels]
+        now = datetime.now(UTC)  # when the labels without their own arrival time arrived: every sink sees the same
+        labels = [{**label.model_dump(), "label_available_at": label.label_available_at or now}
+                  for label in batch.labels]
         stored = 0
         for sink in self._label_sinks:  # the prediction log first: its count is the answer
             n = await asyncio.to_thread(sink.record_labels, labels, request.state.request_id)
@@ -397,7 +526,7 @@ class FraudScorer:
         predictor = self._require_predictor()
         scored = await asyncio.get_running_loop().run_in_executor(self._scoring, self._score_and_remember,
                                                                   predictor, transactions)
-        self._after_scoring(transactions, scored, [rid for _, rid in items])
+        self._after_scoring(predictor, transactions, scored, [rid for _, rid in items])
         return scored.decisions
 
     def _tokenized(self, transactions: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -412,7 +541,8 @@ class FraudScorer:
         self._store.append(transactions)  # before answering: the card's next transaction must see this one (it waits
         return scored  # in the store's backlog when the store fails, where reads find it)
 
-    def _after_scoring(self, transactions: list[dict[str, Any]], scored: "Scored", request_ids: list[str]) -> None:
+    def _after_scoring(self, predictor: "Predictor", transactions: list[dict[str, Any]], scored: "Scored",
+                       request_ids: list[str]) -> None:
         m, n = self._metrics, len(transactions)
         if n:
             version = scored.decisions[0]["model_version"]
@@ -422,6 +552,8 @@ class FraudScorer:
             if scored.degraded:
                 m.degraded.inc(n)
         self._log.record(request_ids, transactions, scored.decisions, scored.features, scored.feature_names)
+        if self._shadow is not None:  # after the answer's own row: it returns at once, whatever the shadow does
+            self._shadow.submit(predictor, request_ids, transactions, scored)
 
     def check_health(self) -> None:
         """Serve's replica health check: the alias follower, the prediction log's writer and the store's backlog
@@ -435,10 +567,13 @@ class FraudScorer:
             raise RuntimeError("online store backlog writer stopped")
 
     def __del__(self) -> None:
-        """Serve's graceful shutdown: the store's backlog and the prediction log flushed."""
+        """Serve's graceful shutdown: the store's backlog, the shadow's waiting rows and the prediction log flushed."""
         store = getattr(self, "_store", None)
         if store is not None:
             store.close()
+        shadow = getattr(self, "_shadow", None)
+        if shadow is not None:
+            shadow.close()
         log = getattr(self, "_log", None)
         if log is not None:
             log.close()
@@ -463,6 +598,11 @@ class FraudScorer:
                 self._metrics.model_load_failures.inc()
                 logger.exception("refused %s@%s; still serving %s", self._model_name, self._alias,
                                  self._predictor.version if self._predictor else "nothing")
+            if self._shadow is not None:
+                try:
+                    await self._sync_shadow(self._shadow)
+                except Exception as exc:  # the alias unreadable (the registry down): the shadow, if any, goes on
+                    self._shadow.unreadable(_one_line(exc))
             await asyncio.sleep(self._reload_interval_s)
 
     async def _sync_with_alias(self) -> None:
@@ -498,6 +638,42 @@ class FraudScorer:
             self._metrics.model_version.set(int(candidate.version))
         logger.info("now serving %s v%s (was %s)", self._model_name, candidate.version,
                     current.version if current else "nothing")
+
+    async def _sync_shadow(self, shadow: _Shadow) -> None:
+        """Follow the challenger alias beside the champion's: its version is loaded the champion's way when it is not
+        the serving one; no version is shadowed when it is the serving one, when the alias is gone, or when its version
+        is refused (retried after a backoff, logged once). Nothing here touches the serving version or its errors."""
+        from fraud_assets.adapters import mlflow_registry
+
+        mv = await asyncio.to_thread(mlflow_registry.alias_version, self._client, self._model_name, shadow.alias)
+        champion, current = self._predictor, shadow.predictor
+        version = str(mv.version) if mv is not None else None
+        if version is None or champion is None or version == champion.version:
+            if current is not None:
+                logger.info("stopped shadowing %s v%s (%s@%s now names %s)", self._model_name, current.version,
+                            self._model_name, shadow.alias, f"v{version}" if version else "nothing")
+            shadow.predictor, shadow.error = None, None
+            shadow.refusals.forget()
+            return
+        if current is not None and current.version == version:
+            shadow.error = None  # the alias is readable again
+            return
+        waiting = shadow.refusals.waiting(version, time.monotonic())
+        if waiting is not None:
+            return
+        try:
+            candidate = await asyncio.to_thread(self._load_and_warm_up, version)
+        except Exception as exc:  # not shadowed; the answers never notice
+            refusal = shadow.refusals.refused(version, _one_line(RuntimeError(
+                f"v{version} refused: {type(exc).__name__}: {exc}")), time.monotonic())
+            shadow.refused(refusal.error)
+            return
+        shadow.predictor, shadow.error = candidate, None
+        shadow.refusals.forget()
+        gc.collect()  # as after a champion swap: what lives as long as the replica stays out of the collector
+        gc.freeze()
+        logger.info("shadowing %s v%s beside v%s (%s@%s)", self._model_name, version, champion.version,
+                    self._model_name, shadow.alias)
 
     def _load_and_warm_up(self, version: str) -> "Predictor":
         from fraud_assets.adapters import mlflow_registry
@@ -547,4 +723,5 @@ def build_app(args: AppArgs) -> Application:
         prediction_log_retention_days=s.prediction_log_retention_days,
         metrics_open=s.metrics_open,
         sensitive_columns=tuple(params.data.sensitive_columns),
+        shadow_alias=params.registry.challenger_alias if s.shadow else None,
     )

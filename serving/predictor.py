@@ -23,6 +23,10 @@ about 0.75 ms for a single row on a 500-tree model (a DMatrix, a second pass ove
 probability and a third of a lone request. So ``reasons="alerts"`` (the service's default, ``serve.reasons``)
 explains the alerted rows only, the ones an analyst reads; the others answer with no reasons, and the prediction
 log keeps every row's features to explain any of them later. ``reasons="all"`` explains every row.
+
+Shadow scoring (``serve.shadow``): a second :class:`Predictor` (the challenger) rescores the feature matrix the
+champion answered with (:attr:`Scored.features`) when both versions build their features with the same definition
+(:meth:`Predictor.shadow_positions`); its scores never reach the answer.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import pandas as pd
 import xgboost as xgb
 
 from fraud_assets.adapters.mlflow_registry import LoadedModel
-from fraud_assets.core.contract import WARMUP_TRANSACTION, check_probability
+from fraud_assets.core.contract import WARMUP_TRANSACTION, FeatureDefinition, check_probability
 from fraud_assets.core.features import FEATURE_COLUMNS, feature_matrix, online_features
 from fraud_assets.params import FeatureParams
 
@@ -105,6 +109,34 @@ class Predictor:
     def booster(self) -> xgb.Booster:
         """The XGBoost booster of this version."""
         return self._model.booster
+
+    @property
+    def feature_definition(self) -> FeatureDefinition:
+        """How this version's features are built (its ``feature_definition`` tag)."""
+        return self._model.features
+
+    @property
+    def columns(self) -> list[str]:
+        """The feature columns of this version's matrix, in order."""
+        return list(self._columns)
+
+    def shadow_positions(self, champion: Predictor) -> list[int] | None:
+        """Where this version's columns are in ``champion``'s feature matrix, when both versions build features
+        with the same definition (the champion's matrix is then this version's too, picked by position); None when
+        the definitions differ or a column of this version is not in the champion's matrix."""
+        if self._model.features != champion.feature_definition:
+            return None
+        names = champion.columns
+        if not set(self._columns) <= set(names):
+            return None
+        return [names.index(c) for c in self._columns]
+
+    def probabilities_of_matrix(self, x: np.ndarray) -> np.ndarray:
+        """Fraud probabilities of a feature matrix already in this version's column order (:meth:`matrix`)."""
+        if x.ndim != 2 or x.shape[1] != len(self._columns):
+            raise ValueError(f"model version {self.version} scores {len(self._columns)} feature columns, the matrix "
+                             f"has shape {x.shape}")
+        return self._predict(x)
 
     def matrix(self, transactions: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The float32 feature matrix of ``transactions`` in the model's column order."""

@@ -11,9 +11,9 @@ dated that long before the newest row.
 
 Where it lives (``$FRAUD_PREDICTION_LOG``): the path of a SQLite file (the default) or a ``postgresql://`` URL. The
 writer reaches either through one small seam (:class:`_SqliteBackend`, :class:`_PostgresBackend`); the readers
-(``read_*``, :func:`scored_days`, :func:`label_status`) take either location. A PostgreSQL server that goes away is a
-disk that refuses writes: the rows wait within the bound and the writer reconnects at the next flush. Neither
-``status()`` nor the log's lines show a URL's password.
+(``read_*``, :func:`scored_days`, :func:`label_status`, :func:`shadow_pairs`) take either location. A PostgreSQL
+server that goes away is a disk that refuses writes: the rows wait within the bound and the writer reconnects at the
+next flush. Neither ``status()`` nor the log's lines show a URL's password.
 
 Schema (``live_performance`` joins ``predictions`` with ``labels`` on ``transaction_id``)::
 
@@ -22,9 +22,17 @@ Schema (``live_performance`` joins ``predictions`` with ``labels`` on ``transact
                 model_version TEXT, features TEXT  -- JSON object {feature name: value}
                 fraud_probability REAL, alert INTEGER  -- 0/1
                 threshold REAL, reasons TEXT  -- JSON list [{feature, contribution}], the answer's reasons
-                degraded INTEGER  -- 1: scored without the stored past (the online store was unreadable))
+                degraded INTEGER  -- 1: scored without the stored past (the online store was unreadable)
+                role TEXT  -- 'champion': the answer; 'shadow': the challenger's score of the same request)
     labels(transaction_id TEXT, is_fraud INTEGER, received_at TEXT  -- ISO 8601 UTC
            request_id TEXT)
+
+Shadow rows (``serve.shadow``) are the challenger's scores of the transactions the champion answered, from the same
+feature matrix: the same ``request_id``, ``transaction_id`` and times, the challenger's ``model_version``,
+``fraud_probability``, ``alert`` and ``threshold``, no ``reasons`` and ``features`` ``{}`` (they are the champion
+row's). Every reader of answers (:func:`read_between`, :func:`read_month`, :func:`read_alerts`, :func:`scored_days`)
+reads champion rows only; :func:`shadow_pairs` pairs the two. A log from before shadow scoring gains ``role`` when a
+writer opens it (its rows are the champion's), and readers take a log without the column as all champion rows.
 
 Both tables are indexed by ``transaction_id``; ``predictions`` also by ``tx_datetime`` (the analyst queue reads a
 day). Serving writes ``tx_datetime`` in UTC (``+00:00``), so a day's rows are a range of that column; readers still
@@ -51,7 +59,7 @@ from contextlib import closing, contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from time import monotonic
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 import pandas as pd
@@ -66,22 +74,30 @@ CREATE TABLE IF NOT EXISTS predictions (
     request_id TEXT NOT NULL, transaction_id TEXT NOT NULL, tx_datetime TEXT NOT NULL, customer_id TEXT NOT NULL,
     terminal_id TEXT NOT NULL, scored_at TEXT NOT NULL, model_version TEXT NOT NULL, features TEXT NOT NULL,
     fraud_probability REAL NOT NULL, alert INTEGER NOT NULL, threshold REAL NOT NULL,
-    reasons TEXT NOT NULL DEFAULT '[]', degraded INTEGER NOT NULL DEFAULT 0);
+    reasons TEXT NOT NULL DEFAULT '[]', degraded INTEGER NOT NULL DEFAULT 0, role TEXT NOT NULL DEFAULT 'champion');
 CREATE INDEX IF NOT EXISTS predictions_transaction ON predictions (transaction_id);
 CREATE TABLE IF NOT EXISTS labels (
-    transaction_id TEXT NOT NULL, is_fraud INTEGER NOT NULL, received_at TEXT NOT NULL, request_id TEXT NOT NULL);
+    transaction_id TEXT NOT NULL, is_fraud INTEGER NOT NULL, received_at TEXT NOT NULL, request_id TEXT NOT NULL,
+    label_available_at TEXT);
 CREATE INDEX IF NOT EXISTS labels_transaction ON labels (transaction_id);
 """
 _TIME_INDEX = "CREATE INDEX IF NOT EXISTS predictions_time ON predictions (tx_datetime)"
 _INSERT_PREDICTION = ("INSERT INTO predictions (request_id, transaction_id, tx_datetime, customer_id, terminal_id, "
-                      "scored_at, model_version, features, fraud_probability, alert, threshold, reasons, degraded) "
-                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                      "scored_at, model_version, features, fraud_probability, alert, threshold, reasons, degraded, "
+                      "role) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 ALERT_COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "scored_at", "model_version",
                  "features", "fraud_probability", "threshold", "reasons"]
-_INSERT_LABEL = "INSERT INTO labels (transaction_id, is_fraud, received_at, request_id) VALUES (?, ?, ?, ?)"
+_INSERT_LABEL = ("INSERT INTO labels (transaction_id, is_fraud, received_at, request_id, label_available_at) "
+                 "VALUES (?, ?, ?, ?, ?)")
 _PREDICTION_COLUMNS = ("request_id", "transaction_id", "tx_datetime", "customer_id", "terminal_id", "scored_at",
-                       "model_version", "features", "fraud_probability", "alert", "threshold", "reasons", "degraded")
-_LABEL_ROW_COLUMNS = ("transaction_id", "is_fraud", "received_at", "request_id")
+                       "model_version", "features", "fraud_probability", "alert", "threshold", "reasons", "degraded",
+                       "role")
+CHAMPION, SHADOW = "champion", "shadow"  # the values of ``predictions.role``
+Role = Literal["champion", "shadow"]
+PAIR_COLUMNS = ["transaction_id", "tx_datetime", "champion_score", "shadow_score", "champion_version", "is_fraud",
+                "label_available_at"]
+_LABEL_AVAILABLE = "label_available_at"  # when a label became known, where the labels table keeps it
+_LABEL_ROW_COLUMNS = ("transaction_id", "is_fraud", "received_at", "request_id", "label_available_at")
 
 POSTGRES_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS predictions (
@@ -89,15 +105,20 @@ POSTGRES_SCHEMA = (
     customer_id TEXT NOT NULL, terminal_id TEXT NOT NULL, scored_at TEXT COLLATE "C" NOT NULL,
     model_version TEXT NOT NULL, features TEXT NOT NULL, fraud_probability DOUBLE PRECISION NOT NULL,
     alert INTEGER NOT NULL, threshold DOUBLE PRECISION NOT NULL, reasons TEXT NOT NULL DEFAULT '[]',
-    degraded INTEGER NOT NULL DEFAULT 0)""",
+    degraded INTEGER NOT NULL DEFAULT 0, role TEXT NOT NULL DEFAULT 'champion')""",
+    "ALTER TABLE predictions ADD COLUMN IF NOT EXISTS role TEXT NOT NULL DEFAULT 'champion'",  # a log from before
     "CREATE INDEX IF NOT EXISTS predictions_transaction ON predictions (transaction_id)",
     "CREATE INDEX IF NOT EXISTS predictions_time ON predictions (tx_datetime)",
     """CREATE TABLE IF NOT EXISTS labels (
     transaction_id TEXT NOT NULL, is_fraud INTEGER NOT NULL, received_at TEXT COLLATE "C" NOT NULL,
-    request_id TEXT NOT NULL, arrival BIGINT GENERATED ALWAYS AS IDENTITY)""",
+    request_id TEXT NOT NULL, arrival BIGINT GENERATED ALWAYS AS IDENTITY, label_available_at TEXT COLLATE "C")""",
+    "ALTER TABLE labels ADD COLUMN IF NOT EXISTS label_available_at TEXT COLLATE \"C\"",  # a log from before
     "CREATE INDEX IF NOT EXISTS labels_transaction ON labels (transaction_id)",
 )
 _POSTGRES_OBJECTS = ("predictions", "predictions_transaction", "predictions_time", "labels", "labels_transaction")
+_HAS_ROLE = ("EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('predictions') AND attname = 'role' "
+             "AND NOT attisdropped), EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('labels') AND "
+             "attname = 'label_available_at' AND NOT attisdropped)")  # a log from before gains the columns
 _SCHEMA_LOCK = 0x70726564  # the advisory lock replicas starting together take to make the tables once
 _POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 _READ_CONNECT_TIMEOUT_S = 30.0
@@ -109,6 +130,14 @@ class LabelSink(Protocol):
     def record_labels(self, labels: Sequence[Mapping[str, Any]], request_id: str) -> int:
         """Store ``labels`` durably and return how many were stored."""
         ...
+
+
+def _iso_utc(value: Any) -> str | None:
+    """An ISO 8601 UTC text of a time (a datetime or ISO text), None for None."""
+    if value is None:
+        return None
+    when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return (when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)).isoformat()
 
 
 def is_postgres(location: str | Path) -> bool:
@@ -128,6 +157,10 @@ def connect(path: str | Path, timeout_s: float = 30.0) -> sqlite3.Connection:
         conn.execute("ALTER TABLE predictions ADD COLUMN reasons TEXT NOT NULL DEFAULT '[]'")
     if "degraded" not in columns:  # ... or before degraded answers were flagged
         conn.execute("ALTER TABLE predictions ADD COLUMN degraded INTEGER NOT NULL DEFAULT 0")
+    if "role" not in columns:  # ... or before shadow scoring: every row is the champion's answer
+        conn.execute("ALTER TABLE predictions ADD COLUMN role TEXT NOT NULL DEFAULT 'champion'")
+    if "label_available_at" not in {row[1] for row in conn.execute("PRAGMA table_info(labels)")}:
+        conn.execute("ALTER TABLE labels ADD COLUMN label_available_at TEXT")  # ... or before labels had arrivals
     conn.execute(_TIME_INDEX)
     conn.commit()
     return conn
@@ -144,7 +177,20 @@ def prediction_rows(request_ids: Sequence[str], transactions: Sequence[Mapping[s
                      str(tx["customer_id"]), str(tx["terminal_id"]), scored_at, d["model_version"],
                      orjson.dumps(dict(zip(feature_names, x, strict=True))).decode(), d["fraud_probability"],
                      int(d["alert"]), d["threshold"], orjson.dumps(d.get("reasons", [])).decode(),
-                     int(d.get("degraded", False))))
+                     int(d.get("degraded", False)), CHAMPION))
+    return rows
+
+
+def shadow_rows(request_ids: Sequence[str], transactions: Sequence[Mapping[str, Any]], version: str,
+                threshold: float, probabilities: Sequence[float], degraded: bool) -> list[tuple]:
+    """Rows of the ``predictions`` table for the shadow version's scores of an answered batch (role ``shadow``)."""
+    scored_at = datetime.now(UTC).isoformat()
+    rows = []
+    for rid, tx, p in zip(request_ids, transactions, probabilities, strict=True):
+        when = tx["tx_datetime"]
+        rows.append((rid, str(tx["transaction_id"]), when.isoformat() if hasattr(when, "isoformat") else str(when),
+                     str(tx["customer_id"]), str(tx["terminal_id"]), scored_at, version, "{}", float(p),
+                     int(p >= threshold), threshold, "[]", int(degraded), SHADOW))
     return rows
 
 
@@ -178,6 +224,7 @@ class _Reading:
 
     def __init__(self, conn: Any, postgres: bool = False) -> None:
         self._conn, self._postgres = conn, postgres
+        self._columns: dict[str, set[str]] = {}  # per table, the columns it has (read once)
         self.arrival = "arrival" if postgres else "rowid"  # the column ordering labels by arrival
         if postgres:
             import psycopg
@@ -198,6 +245,23 @@ class _Reading:
     def frame(self, columns: Sequence[str], sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         """:meth:`rows` as a frame of ``columns`` (the same dtypes from either database)."""
         return pd.DataFrame.from_records(self.rows(sql, params), columns=list(columns), coerce_float=True)
+
+    def has_column(self, table: str, column: str) -> bool:
+        """Whether ``table`` has ``column`` (False when there is no such table yet)."""
+        if table not in self._columns:
+            sql = ("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(?) AND attnum > 0 AND "
+                   "NOT attisdropped" if self._postgres else "SELECT name FROM pragma_table_info(?)")
+            self._columns[table] = {row[0] for row in self.rows(sql, (table,))}
+        return column in self._columns[table]
+
+    def role_is(self, role: Role, qualifier: str = "predictions") -> str:
+        """The SQL condition "a ``predictions`` row (named ``qualifier`` in the query) has ``role``"; on a log from
+        before shadow scoring (no ``role`` column) every row is the champion's."""
+        if role not in (CHAMPION, SHADOW):
+            raise ValueError(f"role must be {CHAMPION!r} or {SHADOW!r}, got {role!r}")
+        if not self.has_column("predictions", "role"):
+            return "TRUE" if role == CHAMPION else "FALSE"
+        return f"{qualifier}.role = '{role}'"  # one of two literals, checked above
 
 
 @contextmanager
@@ -229,24 +293,29 @@ def _in_utc_range(frame: pd.DataFrame, start: datetime, end: datetime) -> pd.Dat
 
 
 def read_labels(path: str | Path) -> pd.DataFrame:
-    """Every label received, in arrival order: ``transaction_id, is_fraud, received_at`` (empty when no log yet)."""
+    """Every label received, in arrival order: ``transaction_id, is_fraud, received_at, label_available_at`` (when
+    it became known: NaN on a log from before labels carried it; empty when no log yet)."""
     with _reading(path) as log:
-        return log.frame(_LABEL_COLUMNS, f"SELECT {', '.join(_LABEL_COLUMNS)} FROM labels ORDER BY {log.arrival}")
+        own = _LABEL_AVAILABLE if log.has_column("labels", _LABEL_AVAILABLE) else "NULL"
+        return log.frame([*_LABEL_COLUMNS, _LABEL_AVAILABLE],
+                         f"SELECT {', '.join(_LABEL_COLUMNS)}, {own} FROM labels ORDER BY {log.arrival}")
 
 
-def _read_range(path: str | Path, columns: list[str], start: datetime, end: datetime, where: str = "TRUE"
-                ) -> pd.DataFrame:
-    """``columns`` of the predictions matching ``where`` dated in ``[start, end)`` UTC (empty when no log yet)."""
+def _read_range(path: str | Path, columns: list[str], start: datetime, end: datetime, where: str = "TRUE",
+                role: Role = CHAMPION) -> pd.DataFrame:
+    """``columns`` of the ``role`` predictions matching ``where`` dated in ``[start, end)`` UTC (empty when no log
+    yet)."""
     lo, hi = _slack_bounds(start, end)
     with _reading(path) as log:
-        rows = log.frame(columns, f"SELECT {', '.join(columns)} FROM predictions "
-                                  f"WHERE {where} AND tx_datetime >= ? AND tx_datetime < ?", (lo, hi))
+        rows = log.frame(columns, f"SELECT {', '.join(columns)} FROM predictions WHERE {log.role_is(role)} "
+                                  f"AND {where} AND tx_datetime >= ? AND tx_datetime < ?", (lo, hi))
     return _in_utc_range(rows, start, end)
 
 
-def read_between(path: str | Path, start: datetime, end: datetime) -> pd.DataFrame:
-    """Predictions (the columns ``live_performance`` reads) of transactions dated in ``[start, end)`` UTC."""
-    return _read_range(path, _LIVE_COLUMNS, start, end)
+def read_between(path: str | Path, start: datetime, end: datetime, role: Role = CHAMPION) -> pd.DataFrame:
+    """Predictions (the columns ``live_performance`` reads) of transactions dated in ``[start, end)`` UTC: the
+    answers (champion rows) unless ``role`` asks for the shadow's."""
+    return _read_range(path, _LIVE_COLUMNS, start, end, role=role)
 
 
 def read_month(path: str | Path, month: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -266,12 +335,14 @@ def read_alerts(path: str | Path, day: date) -> pd.DataFrame:
 
 
 def scored_days(path: str | Path, limit: int = 31) -> list[date]:
-    """The latest ``limit`` UTC days with scored transactions, newest first (one index seek per day)."""
+    """The latest ``limit`` UTC days with answered (champion) transactions, newest first (one index seek per day)."""
     days: list[date] = []
     with _reading(path) as log:
         below = "9999-12-31T23:59:59"
+        champion = log.role_is(CHAMPION)
         while len(days) < limit:
-            found = log.rows("SELECT MAX(tx_datetime) FROM predictions WHERE tx_datetime < ?", (below,))
+            found = log.rows(f"SELECT MAX(tx_datetime) FROM predictions WHERE {champion} AND tx_datetime < ?",
+                             (below,))
             latest = found[0][0] if found else None
             if latest is None:
                 break
@@ -287,15 +358,56 @@ def label_status(path: str | Path, transaction_ids: Sequence[str]) -> dict[str, 
     ids = list(dict.fromkeys(map(str, transaction_ids)))
     if not ids:
         return {}
-    found: dict[str, tuple[int, str]] = {}
     with _reading(path) as log:
-        for i in range(0, len(ids), 500):  # SQLite caps bound parameters
-            chunk = ids[i:i + 500]
-            for tid, is_fraud, received_at in log.rows(
-                    "SELECT transaction_id, is_fraud, received_at FROM labels WHERE transaction_id IN "
-                    f"({','.join('?' * len(chunk))}) ORDER BY received_at, {log.arrival}", chunk):
-                found[tid] = (int(is_fraud), received_at)  # ordered by arrival: the last one wins
+        latest = _latest_labels(log, ids, "is_fraud, received_at")
+    return {tid: (int(is_fraud), received_at) for tid, (is_fraud, received_at) in latest.items()}
+
+
+def _latest_labels(log: _Reading, ids: Sequence[str], columns: str) -> dict[str, tuple]:
+    """``columns`` of the latest label received for each of ``ids`` that has one."""
+    found: dict[str, tuple] = {}
+    for i in range(0, len(ids), 500):  # SQLite caps bound parameters
+        chunk = ids[i:i + 500]
+        for tid, *values in log.rows(f"SELECT transaction_id, {columns} FROM labels WHERE transaction_id IN "
+                                     f"({','.join('?' * len(chunk))}) ORDER BY received_at, {log.arrival}", chunk):
+            found[tid] = tuple(values)  # ordered by arrival: the last one wins
     return found
+
+
+def shadow_pairs(location: str | Path, shadow_version: str, start: datetime, end: datetime) -> pd.DataFrame:
+    """The transactions dated in ``[start, end)`` UTC that shadow version ``shadow_version`` scored, each with the
+    champion's score of the same request and its label: :data:`PAIR_COLUMNS`, oldest first.
+
+    ``tx_datetime`` and ``label_available_at`` are UTC timestamps; ``is_fraud`` is 0/1, NaN (and
+    ``label_available_at`` NaT) while no label was received. A transaction scored in several requests keeps its latest
+    pair; of its labels the latest received wins, available from its own ``label_available_at`` when the ``labels``
+    table keeps one, else from when it was received (``received_at``).
+    """
+    lo, hi = _slack_bounds(start, end)
+    columns = ["transaction_id", "tx_datetime", "champion_score", "shadow_score", "champion_version", "scored_at"]
+    with _reading(location) as log:
+        shadow, champion = log.role_is(SHADOW, "s"), log.role_is(CHAMPION, "c")
+        found = pd.DataFrame(columns=columns) if shadow == "FALSE" else log.frame(columns, (
+            "SELECT s.transaction_id, s.tx_datetime, c.fraud_probability, s.fraud_probability, c.model_version, "
+            "s.scored_at FROM predictions AS s JOIN predictions AS c ON c.transaction_id = s.transaction_id AND "
+            f"c.request_id = s.request_id AND {champion} WHERE {shadow} AND s.model_version = ? AND "
+            "s.tx_datetime >= ? AND s.tx_datetime < ?"), (str(shadow_version), lo, hi))
+        pairs = (_in_utc_range(found, start, end).sort_values("scored_at", kind="stable")
+                 .drop_duplicates("transaction_id", keep="last"))
+        own = _LABEL_AVAILABLE if log.has_column("labels", _LABEL_AVAILABLE) else "NULL"
+        labels = _latest_labels(log, pairs["transaction_id"].astype(str).tolist(), f"is_fraud, received_at, {own}")
+    label = [labels.get(t, (math.nan, None, None)) for t in pairs["transaction_id"]]
+    out = pd.DataFrame({
+        "transaction_id": pairs["transaction_id"].astype(str).to_numpy(),
+        "tx_datetime": pd.to_datetime(pairs["tx_datetime"], utc=True, format="ISO8601").to_numpy(),
+        "champion_score": pairs["champion_score"].to_numpy(dtype="float64"),
+        "shadow_score": pairs["shadow_score"].to_numpy(dtype="float64"),
+        "champion_version": pairs["champion_version"].astype(str).to_numpy(),
+        "is_fraud": pd.Series([x[0] for x in label], dtype="float64"),
+        "label_available_at": pd.to_datetime(pd.Series([x[2] or x[1] for x in label], dtype=object), utc=True,
+                                             format="ISO8601"),
+    }, columns=PAIR_COLUMNS)
+    return out.sort_values(["tx_datetime", "transaction_id"], kind="stable").reset_index(drop=True)
 
 
 class _Backend(Protocol):
@@ -410,8 +522,8 @@ class _PostgresBackend:
 def _make_postgres_schema(conn: Any) -> None:
     """The tables and indexes of :data:`POSTGRES_SCHEMA` unless all are there (then no DDL, no table lock); replicas
     starting together take turns on an advisory lock (concurrent ``CREATE ... IF NOT EXISTS`` can collide)."""
-    have = conn.execute("SELECT " + ", ".join(["to_regclass(%s) IS NOT NULL"] * len(_POSTGRES_OBJECTS)),
-                        _POSTGRES_OBJECTS).fetchone()
+    have = conn.execute("SELECT " + ", ".join(["to_regclass(%s) IS NOT NULL"] * len(_POSTGRES_OBJECTS)) + ", "
+                        + _HAS_ROLE, _POSTGRES_OBJECTS).fetchone()
     if all(have):
         return
     with conn.transaction():
@@ -478,7 +590,17 @@ class PredictionLog:
     def record(self, request_ids: Sequence[str], transactions: Sequence[Mapping[str, Any]],
                decisions: Sequence[Mapping[str, Any]], features: Any, feature_names: Sequence[str]) -> bool:
         """Queue one scored batch for the background writer (rows are built there); False when it is full."""
-        n = len(transactions)
+        return self._enqueue(len(transactions), prediction_rows,
+                             (request_ids, transactions, decisions, features, feature_names))
+
+    def record_shadow(self, request_ids: Sequence[str], transactions: Sequence[Mapping[str, Any]], version: str,
+                      threshold: float, probabilities: Sequence[float], degraded: bool) -> bool:
+        """Queue the shadow version's scores of an answered batch (role ``shadow``, :func:`shadow_rows`), within the
+        same bound as the answers; False when it is full."""
+        return self._enqueue(len(transactions), shadow_rows,
+                             (request_ids, transactions, version, threshold, probabilities, degraded))
+
+    def _enqueue(self, n: int, build: Callable[..., list[tuple]], args: tuple) -> bool:
         with self._count_lock:
             full = self._queued + len(self._retry) + n > self._max_rows
             if not full:
@@ -486,13 +608,15 @@ class PredictionLog:
         if full:
             self._dropped(n)
             return False
-        self._queue.put_nowait((request_ids, transactions, decisions, features, feature_names))
+        self._queue.put_nowait((n, build, args))
         return True
 
     def record_labels(self, labels: Sequence[Mapping[str, Any]], request_id: str) -> int:
-        """Write labels with their arrival time and commit before returning."""
+        """Write labels with the time they were received and the time they became known (each label's own
+        ``label_available_at`` when it has one, else the time received), and commit before returning."""
         received_at = datetime.now(UTC).isoformat()
-        rows = [(str(x["transaction_id"]), int(x["is_fraud"]), received_at, request_id) for x in labels]
+        rows = [(str(x["transaction_id"]), int(x["is_fraud"]), received_at, request_id,
+                 _iso_utc(x.get("label_available_at")) or received_at) for x in labels]
         with self._labels_lock:
             conn = self._backend.connect()
             try:
@@ -545,9 +669,9 @@ class PredictionLog:
 
     def _built(self, item: tuple) -> list[tuple]:
         """The rows of one queued batch; a batch that cannot be built is dropped and counted, the writer goes on."""
-        n = len(item[1])
+        n, build, args = item
         try:
-            return prediction_rows(*item)
+            return build(*args)
         except Exception as exc:
             self._dropped(n)
             self._note(exc, f"could not build {n} rows", failing=False)

@@ -6,15 +6,26 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from fraud_assets.adapters.prediction_log import PredictionLog
+from fraud_assets.adapters.prediction_log import (
+    PredictionLog,
+    read_alerts,
+    read_between,
+    read_month,
+    scored_days,
+    shadow_pairs,
+)
 from serving.app import AppArgs
 from serving.guard import Guard, GuardConfig, Metrics
 from serving.local import start_serving
@@ -242,3 +253,149 @@ def test_the_page_has_no_inline_code_and_renders_data_as_text() -> None:
     for risky in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "localStorage"):
         assert risky not in js, risky
     assert "sessionStorage" in js and re.findall(r"https?://[^\s\"]+", js) == ["http://www.w3.org/2000/svg"]
+
+
+# A log from before shadow scoring: no ``role`` column.
+_OLD_PREDICTIONS = ("CREATE TABLE predictions (request_id TEXT NOT NULL, transaction_id TEXT NOT NULL, "
+                    "tx_datetime TEXT NOT NULL, customer_id TEXT NOT NULL, terminal_id TEXT NOT NULL, "
+                    "scored_at TEXT NOT NULL, model_version TEXT NOT NULL, features TEXT NOT NULL, "
+                    "fraud_probability {real} NOT NULL, alert INTEGER NOT NULL, threshold {real} NOT NULL, "
+                    "reasons TEXT NOT NULL DEFAULT '[]', degraded INTEGER NOT NULL DEFAULT 0)")
+_OLD_LABELS = ("CREATE TABLE labels (transaction_id TEXT NOT NULL, is_fraud INTEGER NOT NULL, received_at TEXT NOT "
+               "NULL, request_id TEXT NOT NULL{more})")
+_OLD_ROWS = [("r-old", f"old{i}", "2025-01-01T10:00:00+00:00", "c", "k", "2025-01-01T10:00:01+00:00", "1",
+              '{"a":1.0}', 0.9 if i == 0 else 0.1, int(i == 0), 0.5) for i in range(2)]
+
+
+def _old_sqlite_log(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute(_OLD_PREDICTIONS.format(real="REAL"))
+        conn.execute(_OLD_LABELS.format(more=""))
+        conn.executemany(_OLD_INSERT, _OLD_ROWS)
+        conn.commit()
+_OLD_INSERT = ("INSERT INTO predictions (request_id, transaction_id, tx_datetime, customer_id, terminal_id, scored_at, "
+               f"model_version, features, fraud_probability, alert, threshold) VALUES ({', '.join('?' * 11)})")
+_JANUARY = (datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 2, 1, tzinfo=UTC))
+
+
+def _answers(location: str | Path) -> dict[str, Any]:
+    """What the answer-facing readers and the shadow reader say of the log at ``location``."""
+    return {"between": read_between(location, *_JANUARY), "month": read_month(location, "2025-01")[0],
+            "alerts": {d: read_alerts(location, date(2025, 1, d)).drop(columns="scored_at") for d in (1, 2)},
+            "days": scored_days(location), "shadow": read_between(location, *_JANUARY, role="shadow"),
+            "pairs": shadow_pairs(location, "2", *_JANUARY)}
+
+
+def _write_answers_and_shadow(location: str | Path) -> None:
+    """v1 answers t0 and t1 (0.1, no alert); shadow v2 scores them 0.7 (an alert at its threshold) and 0.2."""
+    log = PredictionLog(location, flush_interval_s=0.01)
+    rids, txs, ds, x, names = _scored(2, day="2025-01-02")
+    assert log.record(rids, txs, ds, x, names)
+    assert log.record_shadow(rids, txs, "2", 0.5, [0.7, 0.2], False)
+    log.close()
+    assert log.status()["written"] == 4 and log.dropped == 0
+
+
+def _assert_only_champion_rows_are_answers(answers: dict[str, Any]) -> None:
+    assert sorted(answers["between"]["transaction_id"]) == ["old0", "old1", "t0", "t1"]
+    assert (answers["between"]["model_version"] == "1").all() and answers["between"]["fraud_probability"].max() == 0.9
+    pd.testing.assert_frame_equal(answers["month"], answers["between"])
+    assert answers["alerts"][1]["transaction_id"].tolist() == ["old0"]
+    assert answers["alerts"][2].empty  # the shadow alerted on t0, the champion did not: no alert on the queue
+    assert answers["days"] == [date(2025, 1, 2), date(2025, 1, 1)]
+    shadow = answers["shadow"].sort_values("transaction_id")
+    assert shadow["transaction_id"].tolist() == ["t0", "t1"] and shadow["alert"].tolist() == [1, 0]
+    assert (shadow["model_version"] == "2").all()
+    pairs = answers["pairs"]
+    assert pairs["transaction_id"].tolist() == ["t0", "t1"] and pairs["shadow_score"].tolist() == [0.7, 0.2]
+    assert pairs["champion_score"].tolist() == [0.1, 0.1] and (pairs["champion_version"] == "1").all()
+    assert pairs["is_fraud"].isna().all() and pairs["label_available_at"].isna().all()
+
+
+def test_an_older_log_is_read_as_champion_rows_and_gains_the_role_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    _old_sqlite_log(path)
+    before = _answers(path)  # read before any writer opened it: every row is the champion's
+    assert sorted(before["between"]["transaction_id"]) == ["old0", "old1"] and before["days"] == [date(2025, 1, 1)]
+    assert before["shadow"].empty and before["pairs"].empty
+    _write_answers_and_shadow(path)
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT transaction_id, role, model_version, features, reasons FROM predictions "
+                            "ORDER BY rowid").fetchall()
+    assert [r[:3] for r in rows] == [("old0", "champion", "1"), ("old1", "champion", "1"), ("t0", "champion", "1"),
+                                     ("t1", "champion", "1"), ("t0", "shadow", "2"), ("t1", "shadow", "2")]
+    assert [r[3:] for r in rows[-2:]] == [("{}", "[]")] * 2  # a shadow row's features are its champion row's
+    _assert_only_champion_rows_are_answers(_answers(path))
+
+
+def test_shadow_pairs_carry_the_latest_label_and_when_it_became_available(tmp_path: Path) -> None:
+    path = tmp_path / "p.sqlite"
+    _write_answers_and_shadow(path)
+    log = PredictionLog(path)
+    log.record_labels([{"transaction_id": "t0", "is_fraud": 0}], "l-1")
+    log.record_labels([{"transaction_id": "t0", "is_fraud": 1}], "l-2")  # the investigators changed their mind
+    log.close()
+    (pair,) = shadow_pairs(path, "2", *_JANUARY).loc[lambda f: f["transaction_id"] == "t0"].itertuples()
+    with sqlite3.connect(path) as conn:
+        received = conn.execute("SELECT MAX(received_at) FROM labels").fetchone()[0]
+    assert pair.is_fraud == 1.0 and pair.label_available_at == pd.Timestamp(received)
+    with closing(sqlite3.connect(path)) as conn:  # a labels table that keeps each label's own arrival time
+        if "label_available_at" not in {r[1] for r in conn.execute("PRAGMA table_info(labels)")}:
+            conn.execute("ALTER TABLE labels ADD COLUMN label_available_at TEXT")
+        conn.execute("UPDATE labels SET label_available_at = '2025-01-05T09:00:00+00:00' WHERE request_id = 'l-2'")
+        conn.commit()
+    pairs = shadow_pairs(path, "2", *_JANUARY).set_index("transaction_id")
+    assert pairs.loc["t0", "label_available_at"] == pd.Timestamp("2025-01-05T09:00:00Z")
+    assert pd.isna(pairs.loc["t1", "label_available_at"]) and np.isnan(pairs.loc["t1", "is_fraud"])
+
+
+def test_shadow_rows_share_the_answers_bound(tmp_path: Path) -> None:
+    dropped: list[int] = []
+    log = PredictionLog(tmp_path / "p.sqlite", max_queued_rows=5, on_drop=dropped.append)
+    log._queue.put(None)  # stop the writer first, so what is queued stays queued
+    log._writer.join(5)
+    rids, txs, ds, x, names = _scored(3)
+    assert log.record(rids, txs, ds, x, names) and log.record_shadow(rids[:2], txs[:2], "2", 0.5, [0.1, 0.2], False)
+    assert not log.record_shadow(rids[2:], txs[2:], "2", 0.5, [0.3], False)
+    assert dropped == [1] and log.status()["queued"] == 5
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Any]:
+    from tests.pg import pg_cluster
+
+    with pg_cluster() as running:
+        yield running
+
+
+@pytest.mark.slow
+def test_an_older_postgresql_log_gains_the_role_column_and_reads_as_sqlite(postgres: Any, tmp_path: Path) -> None:
+    import psycopg
+
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE old_log")
+    url = postgres.dsn.rsplit("/", 1)[0] + "/old_log"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(_OLD_PREDICTIONS.format(real="DOUBLE PRECISION"))
+        conn.execute(_OLD_LABELS.format(more=", arrival BIGINT GENERATED ALWAYS AS IDENTITY"))
+        for index in ("predictions_transaction ON predictions (transaction_id)",
+                      "predictions_time ON predictions (tx_datetime)", "labels_transaction ON labels (transaction_id)"):
+            conn.execute(f"CREATE INDEX {index}")
+        with conn.cursor() as cur:
+            cur.executemany(_OLD_INSERT.replace("?", "%s"), _OLD_ROWS)
+    sqlite_log = tmp_path / "old.sqlite"
+    _old_sqlite_log(sqlite_log)
+    before = _answers(url)
+    assert sorted(before["between"]["transaction_id"]) == ["old0", "old1"] and before["pairs"].empty
+    _write_answers_and_shadow(url)
+    _write_answers_and_shadow(sqlite_log)
+    with psycopg.connect(url) as conn:
+        roles = conn.execute("SELECT transaction_id, role FROM predictions ORDER BY role, transaction_id").fetchall()
+    assert roles == [("old0", "champion"), ("old1", "champion"), ("t0", "champion"), ("t1", "champion"),
+                     ("t0", "shadow"), ("t1", "shadow")]
+    on_postgres, on_sqlite = _answers(url), _answers(sqlite_log)
+    _assert_only_champion_rows_are_answers(on_postgres)
+    for key in ("between", "month", "shadow", "pairs"):
+        pd.testing.assert_frame_equal(on_postgres[key].sort_values("transaction_id").reset_index(drop=True),
+                                      on_sqlite[key].sort_values("transaction_id").reset_index(drop=True), obj=key)
+    assert on_postgres["days"] == on_sqlite["days"]
