@@ -25,7 +25,7 @@ install: $(VENV)/.synced
 demo: install  ## simulate -> DVC -> Dagster -> MLflow -> Ray Serve -> HTTP scores, then stop everything
 	$(BIN)/fraud demo
 
-year: install  ## the year story: 12 months, card testing from month 7, drift -> retrain -> promotion -> reload
+year: install  ## the year story: 12 months arriving a week at a time, card testing from 2025-07, rolling retrains, days degraded
 	$(BIN)/fraud simulate-year
 
 test: install  ## the whole test suite (slow tests included)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import date
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -89,6 +90,7 @@ class DataParams(_Strict):
     weekend_volume_factor: NonNegativeFloat
     monthly_volume_growth: float = Field(gt=-1)
     monthly_amount_drift: float = Field(gt=-1)
+    label_delay_cdf: tuple[tuple[NonNegativeFloat, Share], ...]
     fraud: FraudSimParams
 
     @field_validator("amount_mean_range")
@@ -97,6 +99,16 @@ class DataParams(_Strict):
         if v[0] <= 0:
             raise ValueError(f"amount_mean_range must be positive, got {list(v)}")
         return _ordered_pair(v, "amount_mean_range")
+
+    @field_validator("label_delay_cdf")
+    @classmethod
+    def _delay_cdf(cls, v: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+        days, shares = [d for d, _ in v], [s for _, s in v]
+        if len(v) < 2 or any(b <= a for a, b in pairwise(days)) or any(b < a for a, b in pairwise(shares)) \
+                or shares[0] != 0 or shares[-1] != 1:
+            raise ValueError("label_delay_cdf must be [[days, share], ...], at least two points, days increasing, "
+                             f"shares non-decreasing from 0 to exactly 1; got {[list(p) for p in v]}")
+        return v
 
     @field_validator("sensitive_columns")
     @classmethod
@@ -122,6 +134,9 @@ class OnlineStoreParams(_Strict):
 class SplitParams(_Strict):
     train_months: PositiveInt
     validation_days: PositiveInt
+    window_weeks: PositiveInt
+    holdout_days: PositiveInt
+    refit_on_promotion: bool
 
 
 class TrainParams(_Strict):
@@ -171,6 +186,10 @@ class PromoteParams(_Strict):
     min_improvement: NonNegativeFloat
     min_average_precision: Share
     min_roc_auc: Share
+    shadow_min_frauds: PositiveInt
+    shadow_bootstrap: int = Field(ge=100)
+    shadow_seed: int
+    shadow_promotes: bool
 
 
 class RegistryParams(_Strict):
@@ -212,6 +231,7 @@ class ServeParams(_Strict):
     prediction_log_max_rows: PositiveInt
     prediction_log_retention_days: PositiveInt
     metrics_open: bool
+    shadow: bool
 
 
 class MonitorParams(_Strict):

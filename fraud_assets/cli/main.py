@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
 
+    from fraud_assets.core.importer import Appended
+
 app = typer.Typer(help="Fraud detection MLOps: DVC snapshots -> Dagster -> MLflow -> Ray Serve.",
                   no_args_is_help=True, add_completion=False)
 app.command("check-parity")(check_parity)
@@ -95,29 +97,113 @@ def import_(
         "--map", help="SRC=DST: read canonical column DST from the file's column SRC (repeatable)")] = None,
     timezone: Annotated[str, typer.Option(help="Time zone of timestamps without an offset")] = "UTC",
     replace: Annotated[bool, typer.Option(help="Overwrite months whose snapshot exists with other data")] = False,
+    append: Annotated[bool, typer.Option(help="Merge the file's rows into the snapshots of their months (a part of "
+                                              "a month, e.g. a week); rows already there are skipped")] = False,
     push: Annotated[bool, typer.Option(help="Push to the DVC remote after pinning")] = True,
 ) -> None:
-    """Import an export as monthly snapshots (UTC months), pin them with DVC and push; print a summary."""
+    """Import an export as monthly snapshots (UTC months), or with --append merge a part of a month into them; pin
+    them with DVC and push; print a summary per month."""
     from fraud_assets.core.importer import import_file, parse_column_map
     from fraud_assets.core.validate import SnapshotError, earlier_month_ids, read_snapshot, validate_transactions
 
     root, p = _project()
     data_dir = root / p.data.dir
     try:
+        if append and replace:
+            raise ValueError("--append merges rows into the snapshots and never overwrites one: drop --replace")
         key = settings.token_key()
         typer.echo(_tokens_line(p.data.sensitive_columns, key))
-        written = import_file(file, data_dir, parse_column_map(map_ or []), timezone, replace=replace,
-                              sensitive_columns=p.data.sensitive_columns, token_key=key)
+        column_map = parse_column_map(map_ or [])
+        if append:
+            appended = _append_export(file, data_dir, column_map, timezone, p, key)
+        else:
+            written = import_file(file, data_dir, column_map, timezone, replace=replace,
+                                  sensitive_columns=p.data.sensitive_columns, token_key=key,
+                                  features=p.features)
     except (SnapshotError, ValueError, FileExistsError) as exc:
         typer.secho(f"import failed: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
     hashes = _pin_and_report(root, p, push=push)
+    if append:
+        typer.echo(_APPEND_HEADER)
+        for month, (result, quarantined, status) in appended.items():
+            typer.echo(f"{month:8} {result.appended:>9} {len(result.frame):>9} {result.already_present:>9} "
+                       f"{quarantined:>9}  {hashes[month]:32}  {status}")
+        return
     typer.echo(_SUMMARY_HEADER + "  snapshot")
     for w in written:
         frame = read_snapshot(w.path)
         seen = earlier_month_ids(data_dir, w.month)
         result = validate_transactions(frame, w.month, source=w.path.name, seen_ids=seen, data=p.data)
         typer.echo(_summary_line(w.month, frame, result.counts["rows_quarantined"], hashes[w.month]) + f"  {w.status}")
+
+
+_APPEND_HEADER = (f"{'month':8} {'appended':>9} {'rows now':>9} {'skipped':>9} {'quarant.':>9}  "
+                  f"{'md5 (= DVC hash)':32}  snapshot")
+
+
+def _append_export(file: Path, data_dir: Path, column_map: dict[str, str], timezone: str, p: Params,
+                   key: bytes | None) -> dict[str, tuple[Appended, int, str]]:
+    """Merge an export's rows into the snapshots of the months they fall in, writing the changed months only once
+    every month passed its checks; ``{month: (what was appended, appended rows quarantined, snapshot status)}``.
+
+    Raises:
+        IdConflictError: rows reuse ids that a snapshot holds with other values (named, nothing written).
+        SnapshotError: the file cannot be read or has no rows, or a snapshot does not fit it.
+    """
+    import pandas as pd
+
+    from fraud_assets.core.importer import (
+        IdConflictError,
+        append_to_snapshot,
+        read_export,
+        split_months,
+        to_canonical,
+        write_months,
+    )
+    from fraud_assets.core.months import available_months, snapshot_path
+    from fraud_assets.core.validate import SnapshotError, earlier_month_ids, read_snapshot, validate_transactions
+
+    parts = split_months(to_canonical(read_export(file), column_map, timezone, source=file.name,
+                                      sensitive_columns=p.data.sensitive_columns, token_key=key,
+                                      features=p.features))
+    if not parts:
+        raise SnapshotError(f"{file.name}: no rows to append")
+    months = available_months(data_dir)
+    existing = {m: read_snapshot(snapshot_path(data_dir, m)) for m in months if m in parts}
+    ids = {m: existing[m]["transaction_id"] if m in existing else _snapshot_ids(snapshot_path(data_dir, m))
+           for m in months}
+    results, conflicts = {}, []
+    for month, part in parts.items():
+        others = [s for m, s in ids.items() if m != month]
+        try:
+            results[month] = append_to_snapshot(existing.get(month), part, pd.concat(others) if others else (),
+                                                p.features, source=f"{month}.parquet")
+        except IdConflictError as exc:
+            conflicts.extend(exc.ids)
+    if conflicts:
+        raise IdConflictError(conflicts, file.name)
+    writes = write_months({m: r.frame for m, r in results.items() if r.appended}, data_dir, replace=True)
+    status = {w.month: "new" if w.status == "new" else "appended" for w in writes}
+    out = {}
+    for month, result in results.items():
+        quarantined = 0 if not result.appended else validate_transactions(
+            result.added, month, source=file.name, seen_ids=earlier_month_ids(data_dir, month), data=p.data
+        ).counts["rows_quarantined"]
+        out[month] = (result, quarantined, status.get(month, "unchanged"))
+    return out
+
+
+def _snapshot_ids(path: Path) -> pd.Series:
+    """The transaction ids of one snapshot (only that column is read)."""
+    import pandas as pd
+
+    from fraud_assets.core.validate import SnapshotError
+
+    try:
+        return pd.read_parquet(path, columns=["transaction_id"])["transaction_id"]
+    except Exception as exc:  # pyarrow raises many types; all mean "unreadable" (or no such column)
+        raise SnapshotError(f"cannot read the transaction ids of snapshot {path}: {exc}") from exc
 
 
 def _tokens_line(columns: tuple[str, ...], key: bytes | None) -> str:
@@ -462,14 +548,18 @@ def simulate_year(
     months: Annotated[int, typer.Option(help="How many months the story runs")] = 12,
     serve: Annotated[bool, typer.Option(help="Score each month live through Ray Serve")] = True,
     out: Annotated[Path | None, typer.Option(help="Folder of the story (default: <state>/year)")] = None,
+    part_days: Annotated[int, typer.Option(help="Days each appended part of a month covers (0: whole months)")] = 7,
 ) -> None:
     """The year story: months of simulated data through the real sensors, drift, retrains and serving."""
-    from fraud_assets.cli.year_story import run_year, write_report
+    from fraud_assets.cli.year_story import adaptation_of, run_year, write_report
 
     _, p = _project()
     base = out or settings.state_dir() / "year"
-    start = time.perf_counter()
-    records = run_year(base, p, months=months, serve=serve, log=typer.echo)
-    path = write_report(records, base / "report")
-    typer.secho(f"\nyear story: {len(records)} months in {time.perf_counter() - start:.0f} s; report {path}",
-                bold=True)
+    story = run_year(base, p, months=months, serve=serve, part_days=part_days, log=typer.echo)
+    path = write_report(story, base / "report")
+    adaptation = adaptation_of(story)
+    if adaptation is not None:
+        back = f"back on {adaptation['recovered_on']}" if adaptation["recovered"] else "never back to its level"
+        typer.echo(f"adaptation to card testing (onset {adaptation['onset']}): {adaptation['days_degraded']} days "
+                   f"degraded, {back}")
+    typer.secho(f"\nyear story: {len(story.records)} months in {story.seconds:.0f} s; report {path}", bold=True)

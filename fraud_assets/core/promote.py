@@ -14,16 +14,30 @@ class Decision:
     reason: str
 
 
+def _bars(p: PromoteParams) -> dict[str, float]:
+    return {"average_precision": p.min_average_precision, "roc_auc": p.min_roc_auc}
+
+
 def minimum_bar_failures(metrics: Mapping[str, float], p: PromoteParams) -> list[str]:
     """The absolute bars ``metrics`` fails (empty when it passes them all)."""
-    bars = {"average_precision": p.min_average_precision, "roc_auc": p.min_roc_auc}
-    return [f"{k} {metrics[k]:.4f} < {v:.4f}" for k, v in bars.items() if metrics[k] < v]
+    return [f"{k} {metrics[k]:.4f} < {v:.4f}" for k, v in _bars(p).items() if metrics[k] < v]
+
+
+def blocking_bar_failures(challenger: Mapping[str, float], champion: Mapping[str, float] | None,
+                          p: PromoteParams) -> list[str]:
+    """The bars that stop the challenger: those it fails that the champion, on the same holdout, meets (all it fails
+    when there is no champion). A bar keeps a bad model from serving; it never holds back a challenger in favour of
+    a champion that fails it too on the rows both are judged on (a new pattern both miss, say): beating the
+    champion then decides."""
+    return [f"{k} {challenger[k]:.4f} < {v:.4f}" for k, v in _bars(p).items()
+            if challenger[k] < v and (champion is None or champion[k] >= v)]
 
 
 def decide_promotion(challenger: Mapping[str, float], champion: Mapping[str, float] | None,
                      p: PromoteParams) -> Decision:
-    """Promote when the challenger passes the bars and beats the champion (same holdout) by the margin."""
-    failures = minimum_bar_failures(challenger, p)
+    """Promote when the challenger passes the bars (:func:`blocking_bar_failures`) and beats the champion (same
+    holdout) by the margin."""
+    failures = blocking_bar_failures(challenger, champion, p)
     if failures:
         return Decision(False, "below minimum bars: " + "; ".join(failures))
     m = p.primary_metric

@@ -38,7 +38,18 @@ def train_model(train: pd.DataFrame, valid: pd.DataFrame, p: TrainParams,
     cols = list(columns)
     dtrain = xgb.DMatrix(feature_matrix(train, cols), label=train[LABEL].to_numpy(), feature_names=cols)
     dvalid = xgb.DMatrix(feature_matrix(valid, cols), label=valid[LABEL].to_numpy(), feature_names=cols)
-    booster_params = {
+    return xgb.train(
+        _booster_params(train, p),
+        dtrain,
+        num_boost_round=p.n_estimators,
+        evals=[(dvalid, "valid")],
+        early_stopping_rounds=p.early_stopping_rounds,
+        verbose_eval=False,
+    )
+
+
+def _booster_params(train: pd.DataFrame, p: TrainParams) -> dict[str, Any]:
+    return {
         "objective": "binary:logistic",
         "eval_metric": "aucpr",
         "tree_method": "hist",
@@ -51,14 +62,15 @@ def train_model(train: pd.DataFrame, valid: pd.DataFrame, p: TrainParams,
         "nthread": p.n_threads,
         "seed": p.seed,
     }
-    return xgb.train(
-        booster_params,
-        dtrain,
-        num_boost_round=p.n_estimators,
-        evals=[(dvalid, "valid")],
-        early_stopping_rounds=p.early_stopping_rounds,
-        verbose_eval=False,
-    )
+
+
+def refit_model(rows: pd.DataFrame, p: TrainParams, rounds: int, columns: Sequence[str] = FEATURE_COLUMNS
+                ) -> xgb.Booster:
+    """The same booster refit on ``rows`` (a promoted challenger's training, validation and holdout together) for
+    the ``rounds`` its early stopping chose: nothing is left to stop on, so the number of trees is kept."""
+    cols = list(columns)
+    data = xgb.DMatrix(feature_matrix(rows, cols), label=rows[LABEL].to_numpy(), feature_names=cols)
+    return xgb.train(_booster_params(rows, p), data, num_boost_round=max(int(rounds), 1), verbose_eval=False)
 
 
 def predict(booster: xgb.Booster, features: pd.DataFrame) -> np.ndarray:

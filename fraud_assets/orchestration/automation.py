@@ -10,6 +10,7 @@ import dagster as dg
 
 from fraud_assets.core.lineage import file_md5
 from fraud_assets.core.months import available_months, shift_month, snapshot_path
+from fraud_assets.orchestration.partitions import AS_OF_TAG
 from fraud_assets.params import Params
 
 MONTHLY_JOB = "monthly_pipeline"
@@ -87,8 +88,14 @@ def make_retrain_sensor(name: str, asset: str, flag: str, trigger: str) -> dg.Se
             return dg.SkipReason(f"no {trigger} in {mat.partition}")
         reasons = mat.metadata.get("reasons")
         context.log.info(f"{trigger} in {mat.partition}: {reasons.value if reasons else flag}")
+        # Inside a month the retrain cannot wait for its end: it trains on the rolling window as of the newest
+        # transaction the asset saw (core.split.split_rolling).
+        as_of = mat.metadata.get("as_of")
+        tags = {"fraud/trigger": trigger}
+        if as_of is not None and as_of.value:
+            tags[AS_OF_TAG] = str(as_of.value)
         return dg.RunRequest(partition_key=mat.partition, run_key=f"{trigger}-{mat.partition}-{asset_event.run_id}",
-                             tags={"fraud/trigger": trigger})
+                             tags=tags)
 
     _sensor.__doc__ = f"Retrains when {asset} reports {flag}."
     return _sensor

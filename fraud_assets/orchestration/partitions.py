@@ -18,6 +18,10 @@ import dagster as dg
 from fraud_assets.core.months import available_months
 from fraud_assets.params import Params
 
+# A retrain run with this tag (an ISO 8601 UTC time) trains on the rolling window as of that time
+# (core.split.split_rolling) instead of the months before its partition; its partition is the month of that time.
+AS_OF_TAG = "fraud/as_of"
+
 
 def first_month(data_dir: Path, params: Params) -> str:
     """The first month with a snapshot in ``data_dir``, else the first month the simulator would write."""

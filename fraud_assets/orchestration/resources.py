@@ -5,6 +5,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from pydantic import PrivateAttr
 
 from fraud_assets.adapters import dvc_repo, mlflow_registry
 from fraud_assets.adapters.online_store import TransactionStore, open_store
-from fraud_assets.adapters.prediction_log import read_month
+from fraud_assets.adapters.prediction_log import read_month, shadow_pairs
 
 
 class ProjectResource(dg.ConfigurableResource):
@@ -74,6 +75,11 @@ class PredictionLogResource(dg.ConfigurableResource):
     def read_month(self, month: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Predictions of transactions dated in ``month`` and every label received (empty when no log yet)."""
         return read_month(self.path, month)
+
+    def shadow_pairs(self, shadow_version: str, start: datetime, end: datetime) -> pd.DataFrame:
+        """The champion's and shadow ``shadow_version``'s scores of the same transactions dated in ``[start, end)``,
+        with their labels (``prediction_log.shadow_pairs``)."""
+        return shadow_pairs(self.path, shadow_version, start, end)
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:

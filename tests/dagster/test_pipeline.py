@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
@@ -198,9 +199,11 @@ def test_live_performance_joins_served_scores_with_labels(materialized: dict, sm
     served = snapshot.head(400)
     rows = [(f"r{i}", tx.transaction_id, tx.tx_datetime.tz_convert("Europe/Paris").isoformat(), "1",
              0.9 if tx.is_fraud else 0.1, int(tx.is_fraud)) for i, tx in enumerate(served.itertuples())]
-    # One label arrives through the API and overrides the snapshot; a transaction of another month is ignored.
+    # One label arrives through the API (an hour after its transaction) and overrides the snapshot; a transaction
+    # of another month is ignored. Labels count once arrived by the month's newest transaction (the data's "now").
     first = served.iloc[0]
-    labels = [(first.transaction_id, 1 - int(first.is_fraud), "2030-01-01T00:00:00+00:00")]
+    labels = [(first.transaction_id, 1 - int(first.is_fraud),
+               (first.tx_datetime + pd.Timedelta(hours=1)).isoformat())]
     rows.append(("x", "elsewhere", "2019-01-01T00:00:00+00:00", "1", 0.5, 0))
     _write_prediction_log(state / "predictions.sqlite", rows, labels)
     res = dg.materialize(build_assets(params), partition_key=month, resources=_resources(small_project, state),
@@ -208,15 +211,19 @@ def test_live_performance_joins_served_scores_with_labels(materialized: dict, sm
     assert res.success
     live = res.output_for_node("live_performance")
     overall = live["overall"]
-    assert overall["scored"] == 400 and overall["labelled"] == 400
-    assert live["label_sources"] == {"snapshot": 399, "api": 1}
+    as_of = snapshot["tx_datetime"].max() + pd.Timedelta(seconds=1)
+    arrived = (pd.to_datetime(served["label_available_at"], utc=True) <= as_of).to_numpy()
+    arrived[0] = True  # the API's label
+    assert live["as_of"] == as_of.isoformat() and 0 < arrived.sum() < 400  # later labels are not known yet
+    assert overall["scored"] == 400 and overall["labelled"] == int(arrived.sum())
+    assert live["label_sources"] == {"snapshot": int(arrived.sum()) - 1, "api": 1, "none": 400 - int(arrived.sum())}
     assert overall["alerts"] == int(served["is_fraud"].sum())
     assert set(live["by_model_version"]) == {"1"}
     expected = served["is_fraud"].to_numpy().copy()
     expected[0] = 1 - expected[0]
-    scores = [0.9 if f else 0.1 for f in served["is_fraud"]]
-    assert overall["frauds"] == int(expected.sum())
-    assert overall["average_precision"] == pytest.approx(average_precision_score(expected, scores))
+    scores = np.array([0.9 if f else 0.1 for f in served["is_fraud"]])
+    assert overall["frauds"] == int(expected[arrived].sum())
+    assert overall["average_precision"] == pytest.approx(average_precision_score(expected[arrived], scores[arrived]))
     assert res.get_asset_check_evaluations()[0].check_name == "live_performance_holds"
 
 

@@ -209,3 +209,16 @@ def test_params_reject_unknown_keys(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(text.replace("  seed: 42\n", "  seed: 42\n  sede: 1\n", 1))
     with pytest.raises(ValueError, match="sede"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_a_bar_the_champion_fails_too_never_holds_the_challenger_back() -> None:
+    """A new pattern both models miss: the champion fails the ROC-AUC bar on the same holdout, so the bar does not
+    block the challenger that beats it; a bar the champion meets still does."""
+    champion = {"average_precision": 0.25, "roc_auc": 0.60}  # below min_roc_auc (0.75)
+    challenger = {"average_precision": 0.30, "roc_auc": 0.70}  # below it too, but better on both
+    d = decide_promotion(challenger, champion, P.promote)
+    assert d.promote and d.reason.startswith("beats champion")
+    weak = {"average_precision": 0.15, "roc_auc": 0.70}  # fails the AUPRC bar the champion meets
+    d = decide_promotion(weak, champion, P.promote)
+    assert not d.promote and d.reason == "below minimum bars: average_precision 0.1500 < 0.2000"
+    assert not decide_promotion(challenger, None, P.promote).promote  # no champion: every bar counts

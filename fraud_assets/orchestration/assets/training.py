@@ -19,12 +19,12 @@ from fraud_assets.core.evaluate import (
     recall_by_scenario,
 )
 from fraud_assets.core.plots import evaluation_plots
-from fraud_assets.core.promote import Decision, confirm_champion, decide_promotion, minimum_bar_failures
-from fraud_assets.core.split import Split, split_by_time
-from fraud_assets.core.train import fit_challenger, predict_baseline, predict_calibrated, train_baseline
-from fraud_assets.orchestration.partitions import months_before
+from fraud_assets.core.promote import Decision, blocking_bar_failures, confirm_champion, decide_promotion
+from fraud_assets.core.split import Split, split_by_time, split_rolling
+from fraud_assets.core.train import fit_challenger, predict_baseline, predict_calibrated, refit_model, train_baseline
+from fraud_assets.orchestration.partitions import AS_OF_TAG, months_before
 from fraud_assets.orchestration.resources import BY_PARTITION, MlflowResource, ProjectResource
-from fraud_assets.params import Params
+from fraud_assets.params import Params, TrainParams
 
 GROUP = "training"
 
@@ -42,54 +42,40 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
               kinds={"xgboost", "mlflow"})
     def challenger_model(context: dg.AssetExecutionContext, features_by_month: dict[str, pd.DataFrame],
                          project: ProjectResource, mlflow: MlflowResource) -> dg.Output[dict]:
-        """An XGBoost challenger trained on the months before the holdout month, registered in MLflow."""
+        """An XGBoost challenger, registered in MLflow: trained on the months before the holdout month, or, in a run
+        tagged ``fraud/as_of``, on the rolling window before the latest days (``split.window_weeks``)."""
         month = context.partition_key
-        split = split_by_time(features_by_month, month, params.split)
+        split = _split(context, features_by_month, params)
         fitted = fit_challenger(split.train, split.valid, params.train, params.evaluate, tune=params.tune)
-        booster, threshold = fitted.booster, fitted.threshold
         versions = {m: project.snapshot_version(m) for m in [*split.train_months, month]}
-        tags = {"dagster_run_id": context.run_id, "holdout_month": month, "threshold": f"{threshold:.6f}",
-                "train_months": ",".join(split.train_months), **mlflow_registry.definition_tags(params.features),
-                **mlflow_registry.calibrator_tags(fitted.calibrator),
-                **{f"data_version.{m}": v for m, v in versions.items()}}
-        run_id = mlflow.start_run(f"challenger-{month}", tags=tags)
+        run_name = f"challenger-{month}" + (f"-as-of-{split.window.as_of:%Y%m%dT%H%M}" if split.window else "")
+        info = _register(context.run_id, run_name, split, features_by_month, versions, fitted.booster,
+                         fitted.calibrator, fitted.threshold, fitted.params, mlflow, params,
+                         trials=fitted.trials)
         client = mlflow.client()
-        for key, value in {**fitted.params.model_dump(), **params.split.model_dump()}.items():
-            client.log_param(run_id, key, value)  # the train params used (the tuned ones when tuning is on)
-        client.log_dict(run_id, fitted.calibrator.to_dict(), mlflow_registry.CALIBRATOR_ARTIFACT)
-        if fitted.trials:
-            client.log_dict(run_id, {"trials": fitted.trials}, "tuning.json")
-        dataset = _dataset_info(split, features_by_month, versions, params)
-        client.log_dict(run_id, dataset, "dataset.json")
-        for key in ("rows_train", "rows_valid", "rows_holdout", "fraud_rate_train", "fraud_rate_holdout"):
-            client.log_param(run_id, f"dataset.{key}", dataset[key])
-        client.log_param(run_id, "dataset.train_months", ",".join(split.train_months))
-        mlflow_registry.log_snapshot_inputs(client, run_id, dataset["snapshots"])
-        mlflow_registry.log_feature_definition(client, run_id, params.features)
-        model_uri = mlflow_registry.log_booster(booster, run_id, mlflow.tracking_uri)
-        mv = mlflow_registry.register_version(client, reg.model_name, model_uri, run_id, tags)
-        client.set_registered_model_alias(reg.model_name, reg.challenger_alias, mv.version)
-        client.set_terminated(run_id)
-        info = {"version": str(mv.version), "run_id": run_id, "model_uri": model_uri, "threshold": threshold,
-                "train_months": split.train_months, "holdout_month": month, "data_versions": versions,
-                "best_iteration": int(booster.attr("best_iteration") or 0)}
-        return dg.Output(info, metadata={"version": info["version"], "mlflow_run_id": run_id,
-                                         "threshold": threshold, "rows_train": len(split.train),
-                                         "train_months": ", ".join(split.train_months)})
+        client.set_registered_model_alias(reg.model_name, reg.challenger_alias, info["version"])
+        client.set_terminated(info["run_id"])
+        return dg.Output(info, metadata={"version": info["version"], "mlflow_run_id": info["run_id"],
+                                         "threshold": info["threshold"], "rows_train": len(split.train),
+                                         "train_months": ", ".join(split.train_months),
+                                         "split": "rolling" if split.window else "monthly",
+                                         **({"as_of": split.window.as_of.isoformat()} if split.window else {})})
 
     @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"mlflow"},
-              ins={"features_by_month": history, "validated_transactions": dg.AssetIn()},
+              ins={"features_by_month": history, "transactions_by_month": dg.AssetIn(
+                  "validated_transactions", partition_mapping=months_before(1), metadata={BY_PARTITION: True})},
               check_specs=[dg.AssetCheckSpec("challenger_meets_minimum_bars", asset="challenger_evaluation",
-                                             blocking=True, description="AUPRC and ROC-AUC above promote.* bars")])
+                                             blocking=True, description="AUPRC and ROC-AUC above promote.* bars "
+                                             "(a bar the champion fails on the same holdout does not block)")])
     def challenger_evaluation(context: dg.AssetExecutionContext, challenger_model: dict,
-                              features_by_month: dict[str, pd.DataFrame], validated_transactions: pd.DataFrame,
-                              mlflow: MlflowResource):
+                              features_by_month: dict[str, pd.DataFrame],
+                              transactions_by_month: dict[str, pd.DataFrame], mlflow: MlflowResource):
         """The challenger, the serving champion and a logistic baseline scored on the same holdout month."""
-        split = split_by_time(features_by_month, context.partition_key, params.split)
-        result, pngs = _evaluate(split, features_by_month, challenger_model, validated_transactions, mlflow.client(),
-                                 params)
+        split = _split(context, features_by_month, params)
+        transactions = pd.concat([f for f in transactions_by_month.values() if len(f)], ignore_index=True)
+        result, pngs = _evaluate(split, features_by_month, challenger_model, transactions, mlflow.client(), params)
         _log_evaluation(mlflow.client(), challenger_model["run_id"], result, pngs)
-        failures = minimum_bar_failures(result["challenger"], params.promote)
+        failures = blocking_bar_failures(result["challenger"], result["champion"], params.promote)
         yield dg.Output(result, metadata=_evaluation_metadata(result, pngs))
         yield dg.AssetCheckResult(
             check_name="challenger_meets_minimum_bars", passed=not failures,
@@ -98,10 +84,12 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
                       "min_average_precision": params.promote.min_average_precision,
                       "roc_auc": result["challenger"]["roc_auc"], "min_roc_auc": params.promote.min_roc_auc})
 
-    @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"mlflow"})
+    @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"mlflow"}, ins={"features_by_month": history})
     def promotion_decision(context: dg.AssetExecutionContext, challenger_model: dict,
-                           challenger_evaluation: dict, mlflow: MlflowResource) -> dg.Output[dict]:
-        """Moves the champion alias to the challenger only when it beats the champion on the same holdout."""
+                           challenger_evaluation: dict, features_by_month: dict[str, pd.DataFrame],
+                           project: ProjectResource, mlflow: MlflowResource) -> dg.Output[dict]:
+        """Moves the champion alias to the challenger only when it beats the champion on the same holdout; a
+        promoted rolling challenger is then refit on its whole window, holdout included, and that refit serves."""
         client = mlflow.client()
         decision = decide_promotion(challenger_evaluation["challenger"], challenger_evaluation["champion"],
                                     params.promote)
@@ -120,15 +108,92 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
             except mlflow_registry.NotServable as exc:
                 decision = Decision(False, f"refused: {exc}")
         record.update(promoted=decision.promote, reason=decision.reason)
+        if decision.promote and challenger_model.get("as_of") and params.split.refit_on_promotion:
+            record["refit"] = _refit(context, challenger_model, features_by_month, project, mlflow, params)
         client.set_model_version_tag(reg.model_name, challenger_model["version"], "promotion",
                                      json.dumps({"promoted": decision.promote, "reason": decision.reason}))
         client.log_dict(challenger_model["run_id"], record, "promotion_decision.json")
-        record["champion_version_after"] = (challenger_model["version"] if decision.promote
+        record["champion_version_after"] = (record["refit"]["version"] if record.get("refit")
+                                            else challenger_model["version"] if decision.promote
                                             else str(now.version) if now is not None else None)
         return dg.Output(record, metadata={"promoted": decision.promote, "reason": decision.reason,
-                                           "champion_version": str(record["champion_version_after"])})
+                                           "champion_version": str(record["champion_version_after"]),
+                                           "refit_version": str((record.get("refit") or {}).get("version"))})
 
     return [challenger_model, challenger_evaluation, promotion_decision]
+
+
+def _split(context: dg.AssetExecutionContext, features_by_month: dict[str, pd.DataFrame], params: Params) -> Split:
+    """The run's split: rolling as of the run's ``fraud/as_of`` tag when it has one, else by month."""
+    as_of = context.run.tags.get(AS_OF_TAG)
+    if as_of:
+        return split_rolling(features_by_month, pd.Timestamp(as_of), context.partition_key, params.split,
+                             params.features.label_delay_days)
+    return split_by_time(features_by_month, context.partition_key, params.split)
+
+
+def _register(run_id_dagster: str, run_name: str, split: Split, features_by_month: dict[str, pd.DataFrame],
+              versions: dict[str, str], booster: Any, calibrator: Any, threshold: float, train_params: TrainParams,
+              mlflow: MlflowResource, params: Params, trials: list[dict[str, Any]] | None = None,
+              extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Log a trained booster as an MLflow run (params, calibrator, dataset, lineage, feature definition) and
+    register it as a version of the model; return what the training assets record of it (the run stays open)."""
+    reg, month = params.registry, split.holdout_month
+    window = split.window.describe() if split.window else {}
+    tags = {"dagster_run_id": run_id_dagster, "holdout_month": month, "threshold": f"{threshold:.6f}",
+            "train_months": ",".join(split.train_months), "split": "rolling" if split.window else "monthly",
+            **{f"window.{k}": str(v) for k, v in window.items()},
+            **mlflow_registry.definition_tags(params.features), **mlflow_registry.calibrator_tags(calibrator),
+            **{f"data_version.{m}": v for m, v in versions.items()}, **(extra_tags or {})}
+    run_id = mlflow.start_run(run_name, tags=tags)
+    client = mlflow.client()
+    for key, value in {**train_params.model_dump(), **params.split.model_dump()}.items():
+        client.log_param(run_id, key, value)  # the train params used (the tuned ones when tuning is on)
+    client.log_dict(run_id, calibrator.to_dict(), mlflow_registry.CALIBRATOR_ARTIFACT)
+    if trials:
+        client.log_dict(run_id, {"trials": trials}, "tuning.json")
+    dataset = _dataset_info(split, features_by_month, versions, params)
+    client.log_dict(run_id, dataset, "dataset.json")
+    for key in ("rows_train", "rows_valid", "rows_holdout", "fraud_rate_train", "fraud_rate_holdout"):
+        client.log_param(run_id, f"dataset.{key}", dataset[key])
+    client.log_param(run_id, "dataset.train_months", ",".join(split.train_months))
+    mlflow_registry.log_snapshot_inputs(client, run_id, dataset["snapshots"])
+    mlflow_registry.log_feature_definition(client, run_id, params.features)
+    model_uri = mlflow_registry.log_booster(booster, run_id, mlflow.tracking_uri)
+    mv = mlflow_registry.register_version(client, reg.model_name, model_uri, run_id, tags)
+    return {"version": str(mv.version), "run_id": run_id, "model_uri": model_uri, "threshold": threshold,
+            "train_months": split.train_months, "holdout_month": month, "data_versions": versions,
+            "best_iteration": int(booster.attr("best_iteration") or 0), "train_params": train_params.model_dump(),
+            **({"as_of": window["as_of"], "window": window} if window else {})}
+
+
+def _refit(context: dg.AssetExecutionContext, challenger_model: dict, features_by_month: dict[str, pd.DataFrame],
+           project: ProjectResource, mlflow: MlflowResource, params: Params) -> dict[str, Any]:
+    """Refit a promoted rolling challenger on its training, validation and holdout rows (labels as known at its
+    ``as_of``) for the rounds its early stopping chose, with its calibrator and threshold; register the refit as a
+    version tagged ``refit_of`` and point the champion (and the challenger: nothing left to shadow) at it."""
+    reg, client = params.registry, mlflow.client()
+    split = _split(context, features_by_month, params)
+    challenger = mlflow_registry.load_version(client, reg.model_name, challenger_model["version"],
+                                              params.train.n_threads)
+    train_params = TrainParams(**challenger_model["train_params"])
+    rows = split.labelled
+    booster = refit_model(rows, train_params, challenger_model["best_iteration"] + 1)
+    versions = {m: project.snapshot_version(m) for m in [*split.train_months, split.holdout_month]}
+    info = _register(context.run_id, f"refit-of-v{challenger.version}", split, features_by_month, versions, booster,
+                     challenger.calibrator, challenger.threshold, train_params, mlflow, params,
+                     extra_tags={"refit_of": challenger.version, "refit_rows": str(len(rows)),
+                                 "refit_rounds": str(challenger_model["best_iteration"] + 1),
+                                 "refit_note": "trained on the challenger's window and holdout together; calibrator "
+                                               "and threshold of the challenger; not judged on a holdout of its own"})
+    reason = (f"refit of v{challenger.version} (promoted) on {len(rows)} rows, its holdout included, as of "
+              f"{challenger_model['as_of']}")
+    mlflow_registry.move_alias(client, reg.model_name, reg.champion_alias, info["version"], reason,
+                               actor=f"dagster run {context.run_id}", kind="refit")
+    client.set_registered_model_alias(reg.model_name, reg.challenger_alias, info["version"])
+    client.set_terminated(info["run_id"])
+    return {"version": info["version"], "refit_of": challenger.version, "rows": len(rows),
+            "rounds": challenger_model["best_iteration"] + 1, "run_id": info["run_id"]}
 
 
 def _dataset_info(split: Split, features_by_month: dict[str, pd.DataFrame], versions: dict[str, str],
@@ -171,7 +236,9 @@ def _evaluate(split: Split, features_by_month: dict[str, pd.DataFrame], challeng
             scored["champion"] = (predict_calibrated(loaded.booster, loaded.calibrator, features), loaded.threshold)
             result["champion_note"] = note
     result.update(compare_on_holdout(holdout, scored, params.evaluate))
-    rows = holdout[["transaction_id"]].merge(transactions, on="transaction_id", how="left")
+    # The holdout's own labels (a rolling one's as known at its time), the simulator's oracle and scenario beside them
+    rows = holdout[["transaction_id", "is_fraud"]].merge(transactions.drop(columns="is_fraud"), on="transaction_id",
+                                                         how="left")
     result["oracle_average_precision"] = oracle_average_precision(rows)
     if SCENARIO in rows.columns:  # simulated data: recall at the threshold per fraud pattern
         result["challenger"].update(recall_by_scenario(rows[SCENARIO].to_numpy(),
