@@ -192,13 +192,13 @@ def run_year(base: Path, params: Params, months: int = 12, serve: bool = True, b
         def evaluate(sensor_name: str) -> list[dg.RunRequest]:
             ctx = dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursors[sensor_name])
             logging.disable(logging.INFO)  # the sensor's own notes (the daemon's log): the story prints its lines
-            try:
+            try:  # a sensor may be a generator: it runs (and logs) while it is listed
                 out = sensors[sensor_name](ctx)
+                items = out if isinstance(out, list) else list(out) if out is not None and not isinstance(
+                    out, dg.SkipReason | dg.RunRequest) else [out]
             finally:
                 logging.disable(logging.NOTSET)
             cursors[sensor_name] = ctx.cursor
-            items = out if isinstance(out, list) else list(out) if out is not None and not isinstance(
-                out, dg.SkipReason | dg.RunRequest) else [out]
             return [r for r in items if isinstance(r, dg.RunRequest)]
 
         def run(job: str, month: str, tags: dict[str, str]) -> dg.ExecuteInProcessResult:
