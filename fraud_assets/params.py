@@ -154,6 +154,17 @@ class TrainParams(_Strict):
     baseline_max_iter: PositiveInt
 
 
+class ComputeParams(_Strict):
+    """Where batch work (features, training) runs: ``local`` in this process, or ``ray`` on a Ray cluster
+    (``address`` of an existing one, e.g. ``head:6379`` or ``ray://head:10001``; empty starts a local Ray)."""
+
+    engine: Literal["local", "ray"]
+    address: str
+    partitions: PositiveInt
+    train_workers: PositiveInt
+    cpus_per_worker: PositiveInt
+
+
 _TUNABLE = ("max_depth", "learning_rate", "subsample", "colsample_bytree", "min_child_weight")
 
 
@@ -252,6 +263,7 @@ class Params(_Strict):
     online_store: OnlineStoreParams
     split: SplitParams
     train: TrainParams
+    compute: ComputeParams
     tune: TuneParams
     evaluate: EvaluateParams
     promote: PromoteParams

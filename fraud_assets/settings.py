@@ -40,6 +40,12 @@ def dagster_home() -> Path:
     return Path(os.environ.get("DAGSTER_HOME") or state_dir() / "dagster")
 
 
+def ray_train_storage() -> str:
+    """Where Ray Train keeps its runs' checkpoints: ``$FRAUD_RAY_STORAGE`` (storage every node reaches, e.g.
+    ``s3://bucket/ray`` or an NFS path, on a cluster of several machines) or a state-folder path (one machine)."""
+    return os.environ.get("FRAUD_RAY_STORAGE") or str(state_dir() / "ray_train")
+
+
 def mlflow_tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI`` or the embedded SQLite store in the state folder."""
     env = os.environ.get("MLFLOW_TRACKING_URI")

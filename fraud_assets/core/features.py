@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from itertools import accumulate, chain, compress, count, pairwise, repeat
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -81,6 +81,9 @@ FEATURE_GROUPS: dict[str, list[str]] = {
     "amount_habit": ["amount_zscore_30d", "amount_to_customer_max_30d"],
 }
 FEATURE_COLUMNS = _feature_columns()
+# The columns each key's windows make (window_values): a card's own past, a terminal's own past.
+TERMINAL_PART = [c for c in FEATURE_COLUMNS if c.startswith("terminal_") and c != "terminal_new_to_customer"]
+CUSTOMER_PART = [c for c in FEATURE_COLUMNS if c not in TX_FEATURES and c not in TERMINAL_PART]
 
 
 def _utc(when: pd.Series) -> pd.Series:
@@ -332,12 +335,7 @@ def feature_values(reference: Rows, queries: Rows, hour: np.ndarray, weekday: np
     nq = len(queries.ts)
     if not nq:
         return np.zeros((0, len(FEATURE_COLUMNS)))
-    amount = queries.amount
-    start, end = p.night_hours
-    feats: dict[str, Any] = {
-        "amount": amount, "log_amount": np.log1p(amount), "hour": hour.astype(np.float64),
-        "weekday": weekday.astype(np.float64), "is_night": ((hour >= start) & (hour < end)).astype(np.float64),
-        "is_weekend": (weekday >= 5).astype(np.float64)}
+    feats = transaction_values(queries.amount, hour, weekday, p)
     if nq == 1 and len(reference.ts) <= _SMALL:
         feats = {c: v[0] for c, v in feats.items()} | _one_query(reference, queries, p)
         return np.array([[feats[c] for c in FEATURE_COLUMNS]], dtype=np.float64)
@@ -345,17 +343,50 @@ def feature_values(reference: Rows, queries: Rows, hour: np.ndarray, weekday: np
     return np.column_stack([feats[c] for c in FEATURE_COLUMNS])
 
 
-def _window_features(reference: Rows, queries: Rows, p: FeatureParams) -> dict[str, np.ndarray]:
-    """The customer and terminal columns of any number of queries, vectorized (batch mode; several online)."""
+def transaction_values(amount: np.ndarray, hour: np.ndarray, weekday: np.ndarray, p: FeatureParams
+                       ) -> dict[str, np.ndarray]:
+    """The per-transaction columns (:data:`TX_FEATURES`): the row alone, no past."""
+    start, end = p.night_hours
+    return {"amount": amount, "log_amount": np.log1p(amount), "hour": hour.astype(np.float64),
+            "weekday": weekday.astype(np.float64), "is_night": ((hour >= start) & (hour < end)).astype(np.float64),
+            "is_weekend": (weekday >= 5).astype(np.float64)}
+
+
+KeyPart = Literal["customer", "terminal"]
+
+
+def window_values(reference: Rows, queries: Rows, p: FeatureParams, by: KeyPart) -> dict[str, np.ndarray]:
+    """The columns of ``queries`` that read only the past of one key: ``by="customer"`` the card's windows, habit,
+    label history and new-terminal flag (:data:`CUSTOMER_PART`), ``"terminal"`` the terminal's
+    (:data:`TERMINAL_PART`).
+
+    A window reads rows of its own key only, so a partition holding every row of some cards (or terminals) gives
+    those cards' (terminals') columns exactly as the whole data would: how a distributed engine computes features
+    by key with this same code. The numbers differ from :func:`feature_values` on the whole data only by the order
+    of floating-point sums (about 1e-12 of a key's total).
+    """
+    if not len(queries.ts):
+        return {c: np.zeros(0) for c in (CUSTOMER_PART if by == "customer" else TERMINAL_PART)}
+    return _window_features(reference, queries, p, by)
+
+
+def _window_features(reference: Rows, queries: Rows, p: FeatureParams, by: KeyPart | None = None
+                     ) -> dict[str, np.ndarray]:
+    """The customer and terminal columns of any number of queries, vectorized (batch mode; several online); only
+    one key's columns with ``by``."""
     marks = _marks(p)
-    r_cust, q_cust, n_cust = _codes(reference.customer, queries.customer)
     r_term, q_term, n_term = _codes(reference.terminal, queries.terminal)
     fraud = np.where(np.isnan(reference.label), 0.0, reference.label)  # an unknown label counts as not fraud
     late = _late_frauds(reference, fraud, p)
-    feats = _customer_features(reference, queries, fraud, late, r_cust, q_cust, n_cust, marks.customer)
-    feats["terminal_new_to_customer"] = _new_to_customer(reference.ts, queries.ts, r_cust * n_term + r_term,
-                                                         q_cust * n_term + q_term, marks.pair)
-    return feats | _terminal_features(reference, queries, fraud, late, r_term, q_term, n_term, marks.terminal)
+    feats: dict[str, np.ndarray] = {}
+    if by != "terminal":
+        r_cust, q_cust, n_cust = _codes(reference.customer, queries.customer)
+        feats = _customer_features(reference, queries, fraud, late, r_cust, q_cust, n_cust, marks.customer)
+        feats["terminal_new_to_customer"] = _new_to_customer(reference.ts, queries.ts, r_cust * n_term + r_term,
+                                                             q_cust * n_term + q_term, marks.pair)
+    if by != "customer":
+        feats |= _terminal_features(reference, queries, fraud, late, r_term, q_term, n_term, marks.terminal)
+    return feats
 
 
 def _late_frauds(reference: Rows, fraud: np.ndarray, p: FeatureParams) -> np.ndarray | None:
@@ -573,9 +604,20 @@ def compute_features(reference: pd.DataFrame, queries: pd.DataFrame, p: FeatureP
     module); ``queries`` needs the key columns and ``amount``. Returns the key columns,
     the features in :data:`FEATURE_COLUMNS` order and the label when ``queries`` has one, in query order.
     """
+    hour, weekday = calendar(queries)
+    return features_frame(queries, feature_values(Rows.from_frame(reference), Rows.from_frame(queries), hour, weekday,
+                                                  p))
+
+
+def calendar(queries: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The UTC hour and weekday of each row's ``tx_datetime``."""
     when = _utc(queries["tx_datetime"])
-    values = feature_values(Rows.from_frame(reference), Rows.from_frame(queries),
-                            when.dt.hour.to_numpy(), when.dt.weekday.to_numpy(), p)
+    return when.dt.hour.to_numpy(), when.dt.weekday.to_numpy()
+
+
+def features_frame(queries: pd.DataFrame, values: np.ndarray) -> pd.DataFrame:
+    """The features frame of ``queries`` from their matrix (:data:`FEATURE_COLUMNS` order): the key columns, the
+    features, and the label with its arrival time when ``queries`` has them, on ``queries``' index."""
     out = pd.concat([queries[KEY_COLUMNS].reset_index(drop=True),
                      pd.DataFrame(values, columns=FEATURE_COLUMNS)], axis=1)
     out.index = queries.index
@@ -601,14 +643,27 @@ def build_features(transactions: pd.DataFrame, p: FeatureParams, history: pd.Dat
     used, and nothing older than the lookback changes a feature. Labels are read by their ``label_available_at``
     where a frame has it (a frame without it follows the default rule, also next to one with it).
     """
+    return compute_features(batch_reference(transactions, history), transactions, p)
+
+
+def batch_reference(transactions: pd.DataFrame, history: pd.DataFrame | None) -> pd.DataFrame:
+    """The past batch mode reads for ``transactions``: ``history``'s rows, then the month's own (the columns the
+    features read)."""
     cols = ["tx_datetime", "customer_id", "terminal_id", "amount"]
     past = [h[cols + [c for c in (LABEL, LABEL_AVAILABLE_AT) if c in h.columns]] for h in (history, transactions)
             if h is not None and len(h)]
-    reference = pd.concat(past, ignore_index=True) if past else transactions.iloc[0:0]
-    return compute_features(reference, transactions, p)
+    return pd.concat(past, ignore_index=True) if past else transactions.iloc[0:0]
 
 
-def build_features_by_month(months: Mapping[str, pd.DataFrame], p: FeatureParams) -> dict[str, pd.DataFrame]:
+class BatchBuild(Protocol):
+    """How one month's batch features are built: :func:`build_features`, or an engine's own (same contract)."""
+
+    def __call__(self, transactions: pd.DataFrame, p: FeatureParams, history: pd.DataFrame | None = None
+                 ) -> pd.DataFrame: ...
+
+
+def build_features_by_month(months: Mapping[str, pd.DataFrame], p: FeatureParams,
+                            build: BatchBuild = build_features) -> dict[str, pd.DataFrame]:
     """Batch mode over consecutive months (``YYYY-MM`` keys): each month with the :func:`history_months` before it
     as history, as the asset graph and ``dvc repro`` compute them."""
     ordered = sorted(months)
@@ -616,8 +671,7 @@ def build_features_by_month(months: Mapping[str, pd.DataFrame], p: FeatureParams
     out: dict[str, pd.DataFrame] = {}
     for i, month in enumerate(ordered):
         earlier = [months[m] for m in ordered[max(0, i - k):i] if len(months[m])]
-        out[month] = build_features(months[month], p, history=pd.concat(earlier, ignore_index=True) if earlier
-                                    else None)
+        out[month] = build(months[month], p, history=pd.concat(earlier, ignore_index=True) if earlier else None)
     return out
 
 

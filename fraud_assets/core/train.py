@@ -6,7 +6,7 @@ import itertools
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -32,23 +32,34 @@ def class_weight(labels: pd.Series, p: TrainParams) -> float:
     return float((len(labels) - pos) / pos)
 
 
+class BoosterFit(Protocol):
+    """How a booster is fitted on rows of features: here in this process (:func:`fit_booster`), or on the
+    workers of a compute engine (``fraud_assets.compute``), with the same params and the same stopping rule."""
+
+    def __call__(self, train: pd.DataFrame, valid: pd.DataFrame | None, params: dict[str, Any], rounds: int,
+                 early_stopping_rounds: int | None, columns: list[str]) -> xgb.Booster: ...
+
+
+def fit_booster(train: pd.DataFrame, valid: pd.DataFrame | None, params: dict[str, Any], rounds: int,
+                early_stopping_rounds: int | None, columns: list[str]) -> xgb.Booster:
+    """Fit in this process: ``rounds`` trees, stopping early on ``valid``'s AUPRC when it is given."""
+    dtrain = xgb.DMatrix(feature_matrix(train, columns), label=train[LABEL].to_numpy(), feature_names=columns)
+    evals = []
+    if valid is not None:
+        evals = [(xgb.DMatrix(feature_matrix(valid, columns), label=valid[LABEL].to_numpy(), feature_names=columns),
+                  "valid")]
+    return xgb.train(params, dtrain, num_boost_round=rounds, evals=evals,
+                     early_stopping_rounds=early_stopping_rounds if valid is not None else None, verbose_eval=False)
+
+
 def train_model(train: pd.DataFrame, valid: pd.DataFrame, p: TrainParams,
-                columns: Sequence[str] = FEATURE_COLUMNS) -> xgb.Booster:
+                columns: Sequence[str] = FEATURE_COLUMNS, fit: BoosterFit = fit_booster) -> xgb.Booster:
     """Fit a booster with early stopping on ``valid`` (the latest days of the training window)."""
-    cols = list(columns)
-    dtrain = xgb.DMatrix(feature_matrix(train, cols), label=train[LABEL].to_numpy(), feature_names=cols)
-    dvalid = xgb.DMatrix(feature_matrix(valid, cols), label=valid[LABEL].to_numpy(), feature_names=cols)
-    return xgb.train(
-        _booster_params(train, p),
-        dtrain,
-        num_boost_round=p.n_estimators,
-        evals=[(dvalid, "valid")],
-        early_stopping_rounds=p.early_stopping_rounds,
-        verbose_eval=False,
-    )
+    return fit(train, valid, booster_params(train, p), p.n_estimators, p.early_stopping_rounds, list(columns))
 
 
-def _booster_params(train: pd.DataFrame, p: TrainParams) -> dict[str, Any]:
+def booster_params(train: pd.DataFrame, p: TrainParams) -> dict[str, Any]:
+    """XGBoost's params for ``p`` (the class weight from ``train``'s labels)."""
     return {
         "objective": "binary:logistic",
         "eval_metric": "aucpr",
@@ -64,13 +75,11 @@ def _booster_params(train: pd.DataFrame, p: TrainParams) -> dict[str, Any]:
     }
 
 
-def refit_model(rows: pd.DataFrame, p: TrainParams, rounds: int, columns: Sequence[str] = FEATURE_COLUMNS
-                ) -> xgb.Booster:
+def refit_model(rows: pd.DataFrame, p: TrainParams, rounds: int, columns: Sequence[str] = FEATURE_COLUMNS,
+                fit: BoosterFit = fit_booster) -> xgb.Booster:
     """The same booster refit on ``rows`` (a promoted challenger's training, validation and holdout together) for
     the ``rounds`` its early stopping chose: nothing is left to stop on, so the number of trees is kept."""
-    cols = list(columns)
-    data = xgb.DMatrix(feature_matrix(rows, cols), label=rows[LABEL].to_numpy(), feature_names=cols)
-    return xgb.train(_booster_params(rows, p), data, num_boost_round=max(int(rounds), 1), verbose_eval=False)
+    return fit(rows, None, booster_params(rows, p), max(int(rounds), 1), None, list(columns))
 
 
 def predict(booster: xgb.Booster, features: pd.DataFrame) -> np.ndarray:
@@ -126,20 +135,22 @@ class Challenger(NamedTuple):
 
 
 def fit_challenger(train: pd.DataFrame, valid: pd.DataFrame, p: TrainParams, e: EvaluateParams,
-                   columns: Sequence[str] = FEATURE_COLUMNS, tune: TuneParams | None = None) -> Challenger:
+                   columns: Sequence[str] = FEATURE_COLUMNS, tune: TuneParams | None = None,
+                   fit: BoosterFit = fit_booster) -> Challenger:
     """Train a booster (its params tuned first when ``tune.enabled``), fit its calibrator on the validation window
     and choose its alert threshold there on the calibrated scores (never the holdout)."""
     trials: list[dict[str, Any]] = []
     if tune is not None and tune.enabled:
-        p, trials = tune_train_params(train, valid, p, tune, columns)
-    booster = train_model(train, valid, p, columns)
+        p, trials = tune_train_params(train, valid, p, tune, columns, fit)
+    booster = train_model(train, valid, p, columns, fit)
     calibrator = fit_calibrator(valid[LABEL].to_numpy(), predict(booster, valid))
     threshold = choose_threshold_on(valid, predict_calibrated(booster, calibrator, valid), e)
     return Challenger(booster, calibrator, threshold, p, trials)
 
 
 def tune_train_params(train: pd.DataFrame, valid: pd.DataFrame, p: TrainParams, t: TuneParams,
-                      columns: Sequence[str] = FEATURE_COLUMNS) -> tuple[TrainParams, list[dict[str, Any]]]:
+                      columns: Sequence[str] = FEATURE_COLUMNS, fit: BoosterFit = fit_booster
+                      ) -> tuple[TrainParams, list[dict[str, Any]]]:
     """A bounded grid search: ``p`` first, then each combination of ``t.grid`` until ``t.budget_seconds`` run out;
     the params with the best validation AUPRC win (ties keep the earlier). Returns them and every trial."""
     keys = sorted(t.grid)
@@ -150,7 +161,7 @@ def tune_train_params(train: pd.DataFrame, valid: pd.DataFrame, p: TrainParams, 
     for candidate in candidates:
         if trials and time.monotonic() - start > t.budget_seconds:
             break
-        booster = train_model(train, valid, candidate, columns)
+        booster = train_model(train, valid, candidate, columns, fit)
         ap = float(average_precision_score(valid[LABEL], predict(booster, valid)))
         trials.append({**{k: getattr(candidate, k) for k in keys}, "valid_average_precision": ap})
         if ap > best_ap:

@@ -24,6 +24,7 @@ from fraud_assets.orchestration.automation import (
 )
 from fraud_assets.orchestration.partitions import first_month, monthly_partitions
 from fraud_assets.orchestration.resources import (
+    ComputeResource,
     FrameIOManager,
     MlflowResource,
     OnlineStoreResource,
@@ -57,6 +58,7 @@ def default_resources(root: Path, params: Params) -> dict[str, Any]:
         "prediction_log": PredictionLogResource(path=_from_env("FRAUD_PREDICTION_LOG",
                                                                settings.prediction_log_location())),
         "store": OnlineStoreResource(path=_from_env("FRAUD_ONLINE_STORE", settings.online_store_location())),
+        "compute": ComputeResource.of(params.compute, os.environ.get("FRAUD_RAY_ADDRESS") or None),
     }
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from pydantic import PrivateAttr
 from fraud_assets.adapters import dvc_repo, mlflow_registry
 from fraud_assets.adapters.online_store import TransactionStore, open_store
 from fraud_assets.adapters.prediction_log import read_month, shadow_pairs
+from fraud_assets.compute import Engine, open_engine
+from fraud_assets.params import ComputeParams
 
 
 class ProjectResource(dg.ConfigurableResource):
@@ -53,6 +56,39 @@ class MlflowResource(dg.ConfigurableResource):
         """Create a run in the project experiment and return its id."""
         exp_id = mlflow_registry.ensure_experiment(self.client(), self.experiment_name, self.artifact_root)
         return self.client().create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+
+
+class ComputeResource(dg.ConfigurableResource):
+    """Where the assets compute features and boosters (params.yaml ``compute``): ``local`` in the run's process,
+    ``ray`` on the Ray cluster at ``address`` (the assets submit their work to it; empty: a local Ray started for
+    the run). Connected on the first asset that asks, disconnected when the run's step ends."""
+
+    engine: str
+    address: str
+    partitions: int
+    train_workers: int
+    cpus_per_worker: int
+    _engine: Engine | None = PrivateAttr(default=None)
+    _stack: ExitStack | None = PrivateAttr(default=None)
+
+    @classmethod
+    def of(cls, c: ComputeParams, address: str | None = None) -> "ComputeResource":
+        """The resource for ``c`` (``address`` instead of ``c.address`` when given: ``$FRAUD_RAY_ADDRESS``)."""
+        return cls(**(c.model_dump() | ({"address": address} if address is not None else {})))
+
+    def get(self) -> Engine:
+        """The engine, connected."""
+        if self._engine is None:
+            self._stack = ExitStack()
+            self._engine = self._stack.enter_context(open_engine(ComputeParams(
+                engine=self.engine, address=self.address, partitions=self.partitions,
+                train_workers=self.train_workers, cpus_per_worker=self.cpus_per_worker)))
+        return self._engine
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack, self._engine = None, None
 
 
 class OnlineStoreResource(dg.ConfigurableResource):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fraud_assets.adapters import dvc_repo
+from fraud_assets.compute import LOCAL, Engine, open_engine
 from fraud_assets.core.contract import feature_definition
 from fraud_assets.core.features import FEATURE_COLUMNS
 from fraud_assets.core.months import available_months
@@ -16,15 +17,16 @@ from fraud_assets.params import Params
 from fraud_assets.stages import FEATURES, MODEL_FILE, MODEL_META, read_months, stage_params, write_json
 
 
-def train(features_dir: Path, p: Params, root: Path) -> dict[str, Any]:
-    """Train on ``split.train_months`` months before the latest month; save the model; return its metadata."""
+def train(features_dir: Path, p: Params, root: Path, engine: Engine = LOCAL) -> dict[str, Any]:
+    """Train on ``split.train_months`` months before the latest month, on ``engine``; save the model; return its
+    metadata."""
     months = available_months(features_dir)
     if not months:
         raise FileNotFoundError(f"no features in {features_dir}")
     holdout = months[-1]
     wanted = [m for m in training_months(holdout, p.split) if m in months] + [holdout]
     split = split_by_time(read_months(features_dir, wanted), holdout, p.split)
-    fitted = fit_challenger(split.train, split.valid, p.train, p.evaluate, tune=p.tune)
+    fitted = fit_challenger(split.train, split.valid, p.train, p.evaluate, tune=p.tune, fit=engine.fit)
     booster = fitted.booster
     save_model(booster, root / MODEL_FILE)
     return {
@@ -40,13 +42,15 @@ def train(features_dir: Path, p: Params, root: Path) -> dict[str, Any]:
         "best_iteration": int(booster.attr("best_iteration") or 0),
         "rows_train": len(split.train),
         "rows_valid": len(split.valid),
+        "compute_engine": engine.name,
     }
 
 
 def main() -> None:
     """Train the model and write ``models/model.ubj`` and ``models/model_meta.json``."""
-    root = Path.cwd()
-    meta = train(FEATURES, stage_params(), root)
+    root, p = Path.cwd(), stage_params()
+    with open_engine(p.compute) as engine:
+        meta = train(FEATURES, p, root, engine)
     write_json(MODEL_META, meta)
     print(f"trained on {', '.join(meta['train_months'])}; holdout {meta['holdout_month']}; "
           f"threshold {meta['threshold']:.4f}; best iteration {meta['best_iteration']}")

@@ -16,6 +16,7 @@ from fraud_assets.core.lineage import file_md5
 from fraud_assets.core.months import month_range, shift_month, snapshot_path
 from fraud_assets.orchestration.definitions import build_assets, build_definitions
 from fraud_assets.orchestration.resources import (
+    ComputeResource,
     FrameIOManager,
     MlflowResource,
     OnlineStoreResource,
@@ -41,6 +42,7 @@ def _resources(root: Path, state: Path) -> dict:
         "io_manager": FrameIOManager(base_dir=str(state / "assets")),
         "prediction_log": PredictionLogResource(path=str(state / "predictions.sqlite")),
         "store": OnlineStoreResource(path=str(state / "online_store.sqlite")),
+        "compute": ComputeResource.of(load_params().compute),
     }
 
 

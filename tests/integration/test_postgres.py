@@ -53,6 +53,7 @@ def test_train_register_promote_load_and_serve_on_postgres(postgres: str, tmp_pa
     artifacts, nor Ray's logs hold the password."""
     monkeypatch.setenv("FRAUD_STATE_DIR", str(tmp_path / "state"))  # the prediction log of the served call
     from fraud_assets.orchestration.resources import (
+        ComputeResource,
         FrameIOManager,
         MlflowResource,
         OnlineStoreResource,
@@ -74,6 +75,7 @@ def test_train_register_promote_load_and_serve_on_postgres(postgres: str, tmp_pa
         "io_manager": FrameIOManager(base_dir=str(tmp_path / "assets")),
         "prediction_log": PredictionLogResource(path=str(tmp_path / "predictions.sqlite")),
         "store": OnlineStoreResource(path=dg.EnvVar("FRAUD_ONLINE_STORE")),
+        "compute": ComputeResource.of(load_params().compute),
     }
     (tmp_path / "dagster").mkdir()
     instance = dg.DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster"))  # on disk: searched below

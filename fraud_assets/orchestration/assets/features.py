@@ -4,10 +4,10 @@
 import dagster as dg
 import pandas as pd
 
-from fraud_assets.core.features import FEATURE_COLUMNS, build_features, history_months
+from fraud_assets.core.features import FEATURE_COLUMNS, history_months
 from fraud_assets.core.months import shift_month
 from fraud_assets.orchestration.partitions import months_before, partition_start, require_months
-from fraud_assets.orchestration.resources import BY_PARTITION, OnlineStoreResource
+from fraud_assets.orchestration.resources import BY_PARTITION, ComputeResource, OnlineStoreResource
 from fraud_assets.params import Params
 from fraud_assets.settings import redact_url
 from fraud_assets.windows import DAY_S
@@ -22,18 +22,20 @@ def build_feature_assets(params: Params, partitions: dg.PartitionsDefinition) ->
         "validated_transactions", partition_mapping=months_before(k), metadata={BY_PARTITION: True})
 
     @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"pandas"}, ins={"months": with_history})
-    def transaction_features(context: dg.AssetExecutionContext, months: dict[str, pd.DataFrame]
-                             ) -> dg.Output[pd.DataFrame]:
+    def transaction_features(context: dg.AssetExecutionContext, months: dict[str, pd.DataFrame],
+                             compute: ComputeResource) -> dg.Output[pd.DataFrame]:
         """Per-transaction, per-customer and per-terminal features of a month, with the months its windows reach
-        back into as history (fails naming any of them that is not materialized)."""
+        back into as history (fails naming any of them that is not materialized), on the ``compute`` engine."""
         month = context.partition_key
         require_months(months, [shift_month(month, -i) for i in range(k, -1, -1)], first, f"features of {month}")
         history = [frame for m, frame in sorted(months.items()) if m < month and len(frame)]
         past = pd.concat(history, ignore_index=True) if history else None
-        frame = build_features(months[month], params.features, history=past)
+        engine = compute.get()
+        frame = engine.features(months[month], params.features, history=past)
         return dg.Output(frame, metadata={"rows": len(frame), "features": len(FEATURE_COLUMNS),
                                           "history_months": ", ".join(m for m in sorted(months) if m < month),
                                           "history_rows": 0 if past is None else len(past),
+                                          "engine": engine.name,
                                           "fraud_rate": float(frame["is_fraud"].mean()) if len(frame) else 0.0})
 
     @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"sqlite"})

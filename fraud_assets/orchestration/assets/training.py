@@ -23,7 +23,7 @@ from fraud_assets.core.promote import Decision, blocking_bar_failures, confirm_c
 from fraud_assets.core.split import Split, split_by_time, split_rolling
 from fraud_assets.core.train import fit_challenger, predict_baseline, predict_calibrated, refit_model, train_baseline
 from fraud_assets.orchestration.partitions import AS_OF_TAG, months_before
-from fraud_assets.orchestration.resources import BY_PARTITION, MlflowResource, ProjectResource
+from fraud_assets.orchestration.resources import BY_PARTITION, ComputeResource, MlflowResource, ProjectResource
 from fraud_assets.params import Params, TrainParams
 
 GROUP = "training"
@@ -41,17 +41,20 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
     @dg.asset(group_name=GROUP, partitions_def=partitions, ins={"features_by_month": history},
               kinds={"xgboost", "mlflow"})
     def challenger_model(context: dg.AssetExecutionContext, features_by_month: dict[str, pd.DataFrame],
-                         project: ProjectResource, mlflow: MlflowResource) -> dg.Output[dict]:
+                         project: ProjectResource, mlflow: MlflowResource, compute: ComputeResource
+                         ) -> dg.Output[dict]:
         """An XGBoost challenger, registered in MLflow: trained on the months before the holdout month, or, in a run
         tagged ``fraud/as_of``, on the rolling window before the latest days (``split.window_weeks``)."""
         month = context.partition_key
         split = _split(context, features_by_month, params)
-        fitted = fit_challenger(split.train, split.valid, params.train, params.evaluate, tune=params.tune)
+        engine = compute.get()
+        fitted = fit_challenger(split.train, split.valid, params.train, params.evaluate, tune=params.tune,
+                                fit=engine.fit)
         versions = {m: project.snapshot_version(m) for m in [*split.train_months, month]}
         run_name = f"challenger-{month}" + (f"-as-of-{split.window.as_of:%Y%m%dT%H%M}" if split.window else "")
         info = _register(context.run_id, run_name, split, features_by_month, versions, fitted.booster,
                          fitted.calibrator, fitted.threshold, fitted.params, mlflow, params,
-                         trials=fitted.trials)
+                         trials=fitted.trials, extra_tags={"compute_engine": engine.name})
         client = mlflow.client()
         client.set_registered_model_alias(reg.model_name, reg.challenger_alias, info["version"])
         client.set_terminated(info["run_id"])
@@ -59,6 +62,7 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
                                          "threshold": info["threshold"], "rows_train": len(split.train),
                                          "train_months": ", ".join(split.train_months),
                                          "split": "rolling" if split.window else "monthly",
+                                         "engine": engine.name,
                                          **({"as_of": split.window.as_of.isoformat()} if split.window else {})})
 
     @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"mlflow"},
@@ -87,7 +91,8 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
     @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"mlflow"}, ins={"features_by_month": history})
     def promotion_decision(context: dg.AssetExecutionContext, challenger_model: dict,
                            challenger_evaluation: dict, features_by_month: dict[str, pd.DataFrame],
-                           project: ProjectResource, mlflow: MlflowResource) -> dg.Output[dict]:
+                           project: ProjectResource, mlflow: MlflowResource, compute: ComputeResource
+                           ) -> dg.Output[dict]:
         """Moves the champion alias to the challenger only when it beats the champion on the same holdout; a
         promoted rolling challenger is then refit on its whole window, holdout included, and that refit serves."""
         client = mlflow.client()
@@ -109,7 +114,8 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
                 decision = Decision(False, f"refused: {exc}")
         record.update(promoted=decision.promote, reason=decision.reason)
         if decision.promote and challenger_model.get("as_of") and params.split.refit_on_promotion:
-            record["refit"] = _refit(context, challenger_model, features_by_month, project, mlflow, params)
+            record["refit"] = _refit(context, challenger_model, features_by_month, project, mlflow, compute,
+                                     params)
         client.set_model_version_tag(reg.model_name, challenger_model["version"], "promotion",
                                      json.dumps({"promoted": decision.promote, "reason": decision.reason}))
         client.log_dict(challenger_model["run_id"], record, "promotion_decision.json")
@@ -168,7 +174,8 @@ def _register(run_id_dagster: str, run_name: str, split: Split, features_by_mont
 
 
 def _refit(context: dg.AssetExecutionContext, challenger_model: dict, features_by_month: dict[str, pd.DataFrame],
-           project: ProjectResource, mlflow: MlflowResource, params: Params) -> dict[str, Any]:
+           project: ProjectResource, mlflow: MlflowResource, compute: ComputeResource, params: Params
+           ) -> dict[str, Any]:
     """Refit a promoted rolling challenger on its training, validation and holdout rows (labels as known at its
     ``as_of``) for the rounds its early stopping chose, with its calibrator and threshold; register the refit as a
     version tagged ``refit_of`` and point the champion (and the challenger: nothing left to shadow) at it."""
@@ -178,12 +185,14 @@ def _refit(context: dg.AssetExecutionContext, challenger_model: dict, features_b
                                               params.train.n_threads)
     train_params = TrainParams(**challenger_model["train_params"])
     rows = split.labelled
-    booster = refit_model(rows, train_params, challenger_model["best_iteration"] + 1)
+    engine = compute.get()
+    booster = refit_model(rows, train_params, challenger_model["best_iteration"] + 1, fit=engine.fit)
     versions = {m: project.snapshot_version(m) for m in [*split.train_months, split.holdout_month]}
     info = _register(context.run_id, f"refit-of-v{challenger.version}", split, features_by_month, versions, booster,
                      challenger.calibrator, challenger.threshold, train_params, mlflow, params,
                      extra_tags={"refit_of": challenger.version, "refit_rows": str(len(rows)),
                                  "refit_rounds": str(challenger_model["best_iteration"] + 1),
+                                 "compute_engine": engine.name,
                                  "refit_note": "trained on the challenger's window and holdout together; calibrator "
                                                "and threshold of the challenger; not judged on a holdout of its own"})
     reason = (f"refit of v{challenger.version} (promoted) on {len(rows)} rows, its holdout included, as of "
