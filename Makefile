@@ -12,7 +12,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DAGSTER_DISABLE_TELEMETRY := 1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: install demo year test coverage lint lint-workflows up down bootstrap repro clean bench-serving
+.PHONY: install demo year test coverage lint lint-workflows up down bootstrap repro clean bench-serving bench-compute
 
 # Bootstrap uv when it is missing, then the locked environment (re-synced when the lock changes).
 $(VENV)/.synced: uv.lock pyproject.toml
@@ -58,6 +58,9 @@ down:  ## stop what `make up` started (when it was not stopped with Ctrl-C)
 
 bench-serving: install  ## bank-size serving benchmark: a bare FastAPI process vs `fraud serve`, ratios (needs wrk)
 	$(BIN)/python benchmarks/bench_serving.py
+
+bench-compute: install  ## features + training on both compute engines at 0.3 M, 1 M, 3 M transactions: time, peak memory
+	$(BIN)/python benchmarks/bench_compute.py
 
 clean: down  ## remove all runtime state (Dagster home, MLflow store, DVC remote, logs)
 	rm -rf .state data/prepared data/features models

@@ -11,14 +11,16 @@ listener Ray would put on a fixed one, and the cluster's state (online store, pr
 Ray 2.60's ``ray start`` rewrites ``--node-ip-address 127.0.0.1`` (and a ``127.0.0.1`` ``--address``) to the
 machine's routable address (``services.resolve_ip_for_localhost``), so the nodes register under that address and
 their GCS, raylets and object managers listen on every interface, as on any Ray node (README "Services"); what this
-cluster binds to 127.0.0.1 is the dashboard, HAProxy's listeners and the replicas. :attr:`RayCluster.address`
-``127.0.0.1:<port>`` reaches the GCS all the same (Ray canonicalises it to the node address).
+cluster binds to 127.0.0.1 is the dashboard and HAProxy's listeners (replicas bind the deployed config's
+``http_options.host``). :attr:`RayCluster.address` ``127.0.0.1:<port>`` reaches the GCS all the same (Ray
+canonicalises it to the node address).
 
 Nothing outside the cluster finds it: ``ray start --temp-dir`` writes its bootstrap file (``ray_current_cluster``,
 what ``ray.init()`` without an address reads) into that temp dir, not the default one; ``ray.init(address="local")``
 always starts a Ray of its own. ``ray stop`` would stop every Ray on the machine (it matches process names), so the
-cluster is stopped by PID instead: each of its processes carries :data:`MARKER` in its environment (inherited from
-``ray start`` by the raylets, GCS, agents, workers and the HAProxy Serve starts), and only those are signalled.
+cluster is stopped by PID instead: its processes carry :data:`MARKER` in their environment (inherited from ``ray
+start`` by the raylets, GCS, workers and the HAProxy Serve starts) or descend from one that does (the agents), and
+only those are signalled.
 """
 
 from __future__ import annotations
@@ -265,31 +267,42 @@ def _log_tail(temp: Path, name: str, token: str, chars: int = 1500) -> str:
 
 
 def cluster_processes(marker: str) -> list[psutil.Process]:
-    """This user's live processes whose environment names the cluster ``marker``."""
-    found = []
+    """The cluster's live processes: this user's whose environment names the cluster ``marker``, and their
+    descendants (Ray's agents and dashboard modules retitle themselves with setproctitle, which blanks what
+    ``/proc/<pid>/environ`` shows of them)."""
+    found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["status"]):
         if proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
         try:
             if proc.environ().get(MARKER) == marker:
-                found.append(proc)
+                found[proc.pid] = proc
+                found.update({child.pid: child for child in proc.children(recursive=True)})
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
-    return found
+    return [proc for proc in found.values() if _alive(proc)]
 
 
 def stop_cluster(marker: str) -> None:
     """Stop every process of the cluster in ``ray stop``'s order (raylets, then everything but the GCS, then the GCS:
     each SIGTERM waits :data:`STOP_GRACE_S` at most), then SIGKILL whatever is left, processes started meanwhile
-    included. Out of order, the autoscaler monitor outlives SIGTERM while it retries a GCS that is gone.
+    included. Out of order, the autoscaler monitor outlives SIGTERM while it retries a GCS that is gone. Processes
+    are remembered from the first look on, so an agent whose raylet exited first (and whose parent is then init) is
+    still checked.
 
     Raises:
         RuntimeError: a process of the cluster survived SIGKILL (named with its PID and command).
     """
+    known: dict[int, psutil.Process] = {}
+
+    def running() -> list[psutil.Process]:
+        known.update({proc.pid: proc for proc in cluster_processes(marker) if proc.pid not in known})
+        return [proc for proc in known.values() if _alive(proc)]
+
     buckets = (lambda name: name == "raylet", lambda name: name not in ("raylet", "gcs_server"),
                lambda name: name == "gcs_server", lambda name: True)
     for bucket, action in zip(buckets, ("terminate", "terminate", "terminate", "kill"), strict=True):
-        procs = [proc for proc in cluster_processes(marker) if bucket(_name(proc))]
+        procs = [proc for proc in running() if bucket(_name(proc))]
         for proc in procs:
             with contextlib.suppress(psutil.NoSuchProcess):
                 getattr(proc, action)()
@@ -297,7 +310,7 @@ def stop_cluster(marker: str) -> None:
         while procs and time.monotonic() < deadline:
             time.sleep(0.1)
             procs = [proc for proc in procs if _alive(proc)]
-    survivors = cluster_processes(marker)
+    survivors = running()
     if survivors:
         raise RuntimeError("Ray cluster processes survived SIGKILL: "
                            + ", ".join(f"{p.pid} {' '.join(p.cmdline())[:80]}" for p in survivors))
@@ -313,6 +326,6 @@ def _name(proc: psutil.Process) -> str:
 def _alive(proc: psutil.Process) -> bool:
     """Still running: a zombie is gone (its parent, init here, may reap it late)."""
     try:
-        return proc.status() != psutil.STATUS_ZOMBIE
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE  # is_running: not a reused PID
     except psutil.NoSuchProcess:
         return False
