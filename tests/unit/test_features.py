@@ -27,6 +27,12 @@ P = load_params()
 F = P.features
 
 
+def stored(values: np.ndarray) -> np.ndarray:
+    """Float64 features at the precision batch mode stores them (float32, ``core.features.features_frame``; the
+    amount is exact either way): how a stored frame is compared with the float64 definitions or an online matrix."""
+    return np.asarray(values, dtype=np.float64).astype(np.float32)
+
+
 def _tx(i: int, when: str, customer: str, terminal: str, amount: float, fraud: int = 0) -> dict:
     return {"transaction_id": f"t{i}", "tx_datetime": pd.Timestamp(when, tz="UTC"), "customer_id": customer,
             "terminal_id": terminal, "amount": amount, "is_fraud": fraud}
@@ -118,7 +124,7 @@ def test_batch_matches_the_naive_definitions(months: dict[str, pd.DataFrame]) ->
     assert set(naive.columns) == set(FEATURE_COLUMNS) - {"amount", "log_amount", "hour", "weekday", "is_night",
                                                          "is_weekend"}
     for col in naive.columns:
-        gap = np.abs(batch[col].to_numpy() - naive[col].to_numpy()).max()
+        gap = np.abs(batch[col].to_numpy() - stored(naive[col].to_numpy())).max()
         assert gap <= 1e-9, f"{col}: batch differs from the naive definition by {gap}"
 
 
@@ -196,7 +202,7 @@ def test_store_replay_matches_batch_and_serves_other_processes(months: dict[str,
         # Labels arrive for what was scored (posted at once, dated when they arrive: they count from then on).
         store.add_labels([{"transaction_id": row["transaction_id"], "is_fraud": row["is_fraud"],
                            "label_available_at": row["label_available_at"]}])
-        np.testing.assert_allclose(got, batch.loc[row["transaction_id"], FEATURE_COLUMNS].to_numpy(np.float64),
+        np.testing.assert_allclose(stored(got), batch.loc[row["transaction_id"], FEATURE_COLUMNS].to_numpy(np.float32),
                                    rtol=0, atol=1e-9)
     assert store.count() == len(history) + len(head)
     code = ("import sys; from fraud_assets.adapters.online_store import SqliteTransactionStore as S; "
@@ -222,10 +228,10 @@ def test_a_large_batch_through_the_store_matches_batch_mode(months: dict[str, pd
     txs = first_day[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount"]].to_dict("records")
     got = OnlineFeatures(store, F, remember=False).matrix(txs)
     # Labels of the same day are inside the delay, so batch mode may see them and still must agree.
-    expected = build_features(first_day, F, history=history)[FEATURE_COLUMNS].to_numpy(np.float64)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+    expected = build_features(first_day, F, history=history)[FEATURE_COLUMNS].to_numpy(np.float32)
+    np.testing.assert_allclose(stored(got), expected, rtol=0, atol=1e-9)
     few = OnlineFeatures(store, F, remember=False).matrix(txs[:50])
-    np.testing.assert_allclose(few, expected[:50], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(stored(few), expected[:50], rtol=0, atol=1e-9)
 
 
 def test_pruning_older_than_the_lookback_changes_no_new_feature(months: dict[str, pd.DataFrame],
@@ -293,8 +299,8 @@ def test_month_boundary_training_features_equal_a_store_holding_everything_befor
     store.seed(pd.concat([three_months["2025-01"], three_months[feb], three_months[mar].drop(early.index)]))
     assert early["tx_datetime"].max() < pd.Timestamp("2025-03-08", tz="UTC")
     online = OnlineFeatures(store, F, remember=False).matrix(early[[*KEY, "amount"]].to_dict("records"))
-    expected = batch.loc[early.index, FEATURE_COLUMNS].to_numpy()
-    assert np.abs(online - expected).max() <= 1e-9
+    expected = batch.loc[early.index, FEATURE_COLUMNS].to_numpy(np.float32)
+    assert np.abs(stored(online) - expected).max() <= 1e-9
     # It would not hold with only February as history: the 30-day terminal windows end 7 days back in January.
     short = build_features(three_months[mar], F, history=three_months[feb]).loc[early.index, FEATURE_COLUMNS]
     assert np.abs(online - short.to_numpy()).max() > 1e-6
@@ -324,8 +330,8 @@ def test_a_label_is_read_by_no_feature_before_it_arrives(tmp_path: Path) -> None
         keys = {k: probe[k] for k in ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount")}
         batch = build_features(pd.DataFrame([probe]), F, history=past).iloc[0][FEATURE_COLUMNS].to_numpy(np.float64)
         online = online_features([keys], F, history=past).iloc[0][FEATURE_COLUMNS].to_numpy(np.float64)
-        stored = OnlineFeatures(store, F, remember=False).matrix([keys])[0]
-        assert np.array_equal(batch, online) and np.array_equal(batch, stored)
+        from_store = stored(OnlineFeatures(store, F, remember=False).matrix([keys])[0])
+        assert np.array_equal(batch, online) and np.array_equal(batch, from_store)
         seen.append(pd.Series(batch, index=FEATURE_COLUMNS)[label_columns].tolist())
     before, at, after = seen
     assert before == at == [0.0, 0.0, NO_HISTORY]  # strictly before the query's second, like a transaction
@@ -377,8 +383,8 @@ def test_a_store_migrated_or_seeded_without_arrival_times_reads_them_by_the_rule
     seeded.seed(history)
     first_week = month[month["tx_datetime"] < pd.Timestamp("2025-02-08", tz="UTC")]
     txs = first_week[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount"]].to_dict("records")
-    expected = build_features(first_week, F, history=history)[FEATURE_COLUMNS].to_numpy(np.float64)
+    expected = build_features(first_week, F, history=history)[FEATURE_COLUMNS].to_numpy(np.float32)
     for store in (SqliteTransactionStore(old), seeded):
         got = OnlineFeatures(store, F, remember=False).matrix(txs)
-        assert np.abs(got - expected).max() <= 1e-9
+        assert np.abs(stored(got) - expected).max() <= 1e-9
     assert (expected[:, FEATURE_COLUMNS.index("terminal_fraud_rate_30d")] > 0).any()  # labels were read
