@@ -10,19 +10,32 @@ Two ways, both validating on the latest days of the training window:
   ``t`` take part (``label_available_at``; without that column, ``features.label_delay_days`` after the
   transaction), as for a bank retraining at ``t``: a row without its label yet is left out, never assumed legit
   (as live performance counts them); transactions at or after ``t`` do not exist yet.
+
+Both concatenate the months once, in time order, and cut that frame into its parts without copying them again
+(training, validation and holdout are consecutive rows): at a bank's size a copy of the window is hundreds of MB.
+``features_by_month`` may be any mapping, e.g. one that reads each month when it is looked up: every month is
+looked up once. A monthly split's training and validation rows come without the :data:`IDS` columns, each month
+dropping them as it is looked up.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from fraud_assets.core.months import shift_month
 from fraud_assets.params import SplitParams
 
 LABEL_AT = "label_available_at"
+# Columns a monthly split's training and validation rows go without: nothing fitted or chosen on them reads an id
+# (models, calibration, thresholds and the baseline read features, labels and times), and a transaction id is a
+# string a row, at a bank's size about a third of the window's memory. The holdout keeps them (its evaluation
+# reads cards and joins on transactions).
+IDS = ("transaction_id", "customer_id", "terminal_id")
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,9 @@ class Window:
 
 @dataclass(frozen=True)
 class Split:
+    """A time-ordered split. Its frames share their data with the frame they were cut from: read them, never
+    write into them."""
+
     train: pd.DataFrame
     valid: pd.DataFrame
     holdout: pd.DataFrame
@@ -56,8 +72,11 @@ class Split:
 
     @property
     def labelled(self) -> pd.DataFrame:
-        """Every row the split learned from or was judged on, oldest first (what a refit trains on)."""
-        return pd.concat([self.train, self.valid, self.holdout], ignore_index=True)
+        """Every row the split learned from or was judged on, oldest first (what a refit trains on), in the columns
+        the three parts share."""
+        parts = [self.train, self.valid, self.holdout]
+        shared = [c for c in self.train.columns if all(c in p.columns for p in parts)]
+        return pd.concat([p[shared] for p in parts], ignore_index=True)
 
 
 def training_months(holdout_month: str, p: SplitParams) -> list[str]:
@@ -65,7 +84,7 @@ def training_months(holdout_month: str, p: SplitParams) -> list[str]:
     return [shift_month(holdout_month, -k) for k in range(p.train_months, 0, -1)]
 
 
-def split_by_time(features_by_month: dict[str, pd.DataFrame], holdout_month: str, p: SplitParams) -> Split:
+def split_by_time(features_by_month: Mapping[str, pd.DataFrame], holdout_month: str, p: SplitParams) -> Split:
     """Train/validation/holdout split by time, never at random.
 
     Raises:
@@ -76,16 +95,41 @@ def split_by_time(features_by_month: dict[str, pd.DataFrame], holdout_month: str
     months = [m for m in training_months(holdout_month, p) if m in features_by_month]
     if not months:
         raise ValueError(f"no training months before {holdout_month} (need up to {p.train_months})")
-    window = pd.concat([features_by_month[m] for m in months], ignore_index=True)
-    window = window.sort_values("tx_datetime", kind="stable").reset_index(drop=True)
-    cutoff = window["tx_datetime"].max() - pd.Timedelta(days=p.validation_days)
-    is_valid = window["tx_datetime"] > cutoff
-    train, valid = window.loc[~is_valid], window.loc[is_valid]
+    window = _by_time(pd.concat([_without_ids(features_by_month[m]) for m in months], ignore_index=True))
+    when = window["tx_datetime"]
+    cutoff = when.max() - pd.Timedelta(days=p.validation_days)
+    first_valid = int(when.searchsorted(cutoff, side="right"))  # validation: every row after the cutoff
+    train, valid = _rows(window, 0, first_valid), _rows(window, first_valid, len(window))
     for name, part in (("training", train), ("validation", valid)):
         if part.empty or part["is_fraud"].nunique() < 2:
             raise ValueError(f"{name} window before {holdout_month} needs both classes, has {len(part)} rows")
-    holdout = features_by_month[holdout_month].reset_index(drop=True)
-    return Split(train.reset_index(drop=True), valid.reset_index(drop=True), holdout, months, holdout_month)
+    holdout = _rows(features_by_month[holdout_month])
+    return Split(train, valid, holdout, months, holdout_month)
+
+
+def _without_ids(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without the :data:`IDS` columns."""
+    return frame.drop(columns=[c for c in IDS if c in frame.columns])
+
+
+def _by_time(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` in ``tx_datetime`` order (ties keep their order), numbered from 0; without a copy when it is in
+    that order already (the months of a snapshot usually are)."""
+    when = frame["tx_datetime"]
+    return _rows(frame if when.is_monotonic_increasing else frame.iloc[when.argsort(kind="stable").to_numpy()])
+
+
+def _rows(frame: pd.DataFrame, start: int = 0, stop: int | None = None) -> pd.DataFrame:
+    """Rows ``start:stop`` of ``frame`` numbered from 0, sharing its data (no copy: read it, never write it)."""
+    part = frame.iloc[start:stop].copy(deep=False)
+    part.index = pd.RangeIndex(len(part))
+    return part
+
+
+def _concat(frames: Iterable[pd.DataFrame]) -> pd.DataFrame | None:
+    """The non-empty ``frames`` one after the other, numbered from 0 (None when every one is empty)."""
+    parts = [f for f in frames if len(f)]
+    return pd.concat(parts, ignore_index=True) if parts else None
 
 
 def label_arrival(frame: pd.DataFrame, label_delay_days: int) -> pd.Series:
@@ -96,7 +140,7 @@ def label_arrival(frame: pd.DataFrame, label_delay_days: int) -> pd.Series:
     return pd.to_datetime(frame["tx_datetime"], utc=True) + pd.Timedelta(days=label_delay_days)
 
 
-def split_rolling(features_by_month: dict[str, pd.DataFrame], as_of: pd.Timestamp, holdout_month: str,
+def split_rolling(features_by_month: Mapping[str, pd.DataFrame], as_of: pd.Timestamp, holdout_month: str,
                   p: SplitParams, label_delay_days: int) -> Split:
     """The rolling split as of ``as_of`` (see the module docstring) over the rows whose label arrived before it;
     ``holdout_month`` names the partition it is recorded under (the month of ``as_of``).
@@ -112,34 +156,32 @@ def split_rolling(features_by_month: dict[str, pd.DataFrame], as_of: pd.Timestam
     """
     as_of = pd.Timestamp(as_of)
     as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
-    frames = [f for f in features_by_month.values() if len(f)]
-    if not frames:
+    rows = _concat(features_by_month[m] for m in features_by_month)
+    if rows is None:
         raise ValueError(f"no features before {as_of.isoformat()}")
-    rows = pd.concat(frames, ignore_index=True)
     when = pd.to_datetime(rows["tx_datetime"], utc=True)
-    rows, when = rows.loc[when < as_of], when.loc[when < as_of]
-    arrived = label_arrival(rows, label_delay_days) < as_of
-    if not arrived.any():
+    known = (when < as_of) & (label_arrival(rows, label_delay_days) < as_of)
+    if not known.any():
         raise ValueError(f"no label known by {as_of.isoformat()}: no rolling holdout")
-    holdout_end = when.loc[arrived].max() + pd.Timedelta(seconds=1)
+    holdout_end = when.loc[known].max() + pd.Timedelta(seconds=1)
     holdout_start = holdout_end - pd.Timedelta(days=p.holdout_days)
     train_start = holdout_start - pd.Timedelta(weeks=p.window_weeks)
     inside = (when >= train_start) & (when < holdout_end)
-    unlabelled = inside & ~arrived
+    unlabelled = inside & (when < as_of) & ~known
     frauds_unlabelled = int((rows.loc[unlabelled, "is_fraud"] == 1).sum())
-    rows, when = rows.loc[inside & arrived], when.loc[inside & arrived]
-    order = when.argsort(kind="stable").to_numpy()
-    rows = rows.iloc[order].reset_index(drop=True)
-    when = when.iloc[order].reset_index(drop=True)
-    is_holdout = when >= holdout_start
-    window, holdout = rows.loc[~is_holdout].reset_index(drop=True), rows.loc[is_holdout].reset_index(drop=True)
+    keep = (inside & known).to_numpy()
+    order = np.flatnonzero(keep)[when.loc[keep].argsort(kind="stable").to_numpy()]
+    rows, when = _rows(rows.iloc[order]), when.iloc[order].reset_index(drop=True)
     cutoff = holdout_start - pd.Timedelta(days=p.validation_days)
-    is_valid = when.loc[~is_holdout].reset_index(drop=True) >= cutoff
-    train, valid = window.loc[~is_valid], window.loc[is_valid]
+    # In time order the parts are consecutive: training before the cutoff, validation up to the holdout, the holdout.
+    first_valid, first_holdout = (int(when.searchsorted(t, side="left")) for t in (cutoff, holdout_start))
+    first_valid = min(first_valid, first_holdout)
+    train, valid = _rows(rows, 0, first_valid), _rows(rows, first_valid, first_holdout)
+    holdout = _rows(rows, first_holdout)
     for name, part in (("training", train), ("validation", valid), ("holdout", holdout)):
         if part.empty or part["is_fraud"].nunique() < 2:
             raise ValueError(f"{name} part of the rolling split as of {as_of.isoformat()} needs both classes (labels "
                              f"known by then), has {len(part)} rows and {int(part['is_fraud'].sum())} frauds")
-    months = sorted(pd.to_datetime(window["tx_datetime"], utc=True).dt.strftime("%Y-%m").unique())
-    return Split(train.reset_index(drop=True), valid.reset_index(drop=True), holdout, months, holdout_month,
+    months = sorted(pd.to_datetime(rows["tx_datetime"].iloc[:first_holdout], utc=True).dt.strftime("%Y-%m").unique())
+    return Split(train, valid, holdout, months, holdout_month,
                  Window(as_of, train_start, holdout_start, holdout_end, int(unlabelled.sum()), frauds_unlabelled))
