@@ -4,10 +4,16 @@
 import dagster as dg
 import pandas as pd
 
-from fraud_assets.core.features import FEATURE_COLUMNS, history_months
+from fraud_assets.core.features import FEATURE_COLUMNS, batch_reference, history_months
 from fraud_assets.core.months import shift_month
 from fraud_assets.orchestration.partitions import months_before, partition_start, require_months
-from fraud_assets.orchestration.resources import BY_PARTITION, ComputeResource, OnlineStoreResource
+from fraud_assets.orchestration.resources import (
+    BY_PARTITION,
+    LAZY,
+    ComputeResource,
+    OnlineStoreResource,
+    PartitionFrames,
+)
 from fraud_assets.params import Params
 from fraud_assets.settings import redact_url
 from fraud_assets.windows import DAY_S
@@ -18,18 +24,22 @@ GROUP = "features"
 def build_feature_assets(params: Params, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     """The feature assets for ``partitions``."""
     k, first = history_months(params.features), partition_start(partitions)
-    with_history = dg.AssetIn(  # the month and the months its windows reach back into (the lookback)
-        "validated_transactions", partition_mapping=months_before(k), metadata={BY_PARTITION: True})
+    with_history = dg.AssetIn(  # the month and the months its windows reach back into (the lookback), each read
+        "validated_transactions", partition_mapping=months_before(k),  # when looked up
+        metadata={BY_PARTITION: True, LAZY: True})
 
     @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"pandas"}, ins={"months": with_history})
-    def transaction_features(context: dg.AssetExecutionContext, months: dict[str, pd.DataFrame],
+    def transaction_features(context: dg.AssetExecutionContext, months: PartitionFrames,
                              compute: ComputeResource) -> dg.Output[pd.DataFrame]:
         """Per-transaction, per-customer and per-terminal features of a month, with the months its windows reach
         back into as history (fails naming any of them that is not materialized), on the ``compute`` engine."""
         month = context.partition_key
         require_months(months, [shift_month(month, -i) for i in range(k, -1, -1)], first, f"features of {month}")
-        history = [frame for m, frame in sorted(months.items()) if m < month and len(frame)]
+        # Each earlier month read once and cut to the columns the windows read (a month's ids and the simulator's
+        # columns are most of its memory), so the step never holds two whole months beside the one it computes.
+        history = [h for h in (batch_reference(months[m], None) for m in sorted(months) if m < month) if len(h)]
         past = pd.concat(history, ignore_index=True) if history else None
+        del history
         engine = compute.get()
         frame = engine.features(months[month], params.features, history=past)
         return dg.Output(frame, metadata={"rows": len(frame), "features": len(FEATURE_COLUMNS),

@@ -19,7 +19,13 @@ from fraud_assets.core.plots import drift_png
 from fraud_assets.core.shadow import shadow_evidence
 from fraud_assets.core.train import missing_features, predict
 from fraud_assets.orchestration.partitions import months_before, partition_start
-from fraud_assets.orchestration.resources import BY_PARTITION, MlflowResource, PredictionLogResource
+from fraud_assets.orchestration.resources import (
+    BY_PARTITION,
+    LAZY,
+    MlflowResource,
+    PartitionFrames,
+    PredictionLogResource,
+)
 from fraud_assets.params import Params
 
 GROUP = "monitoring"
@@ -31,17 +37,17 @@ def build_monitoring_assets(params: Params, partitions: dg.PartitionsDefinition)
     """The monitoring assets for ``partitions``."""
     m = params.monitor
     first = partition_start(partitions)
-    window = dg.AssetIn(  # the month itself and the months before it (one input: Dagster maps one per asset)
-        "transaction_features",
+    window = dg.AssetIn(  # the month itself and the months before it (one input: Dagster maps one per asset),
+        "transaction_features",  # each read when looked up
         partition_mapping=months_before(m.reference_months),
-        metadata={BY_PARTITION: True},
+        metadata={BY_PARTITION: True, LAZY: True},
     )
 
     @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"mlflow"},
               ins={"features_by_month": window},
               check_specs=[dg.AssetCheckSpec("drift_within_thresholds", asset="drift_report", blocking=False,
                                              description="no drift beyond the monitor.* thresholds")])
-    def drift_report(context: dg.AssetExecutionContext, features_by_month: dict[str, pd.DataFrame],
+    def drift_report(context: dg.AssetExecutionContext, features_by_month: PartitionFrames,
                      mlflow: MlflowResource):
         """Per-feature PSI and KS, champion score drift and fraud-rate change against the preceding months."""
         month = context.partition_key
@@ -49,21 +55,21 @@ def build_monitoring_assets(params: Params, partitions: dg.PartitionsDefinition)
         as_of = data_as_of(transaction_features)
         # The first month of data has no earlier transactions, so its history features (counts, means, terminal
         # rates) are those of a cold start; comparing against it would flag every history feature as drift.
-        reference_by_month = {k: v for k, v in features_by_month.items() if k not in (month, first)}
-        if not reference_by_month:
+        reference_months = sorted(k for k in features_by_month if k not in (month, first))
+        if not reference_months:
             report = {"month": month, "as_of": as_of, "drift_detected": False, "reasons": [],
                       "note": "no earlier month with a full feature history to compare"}
             yield dg.Output(report, metadata={"note": report["note"], "as_of": as_of})
             yield dg.AssetCheckResult(check_name="drift_within_thresholds", passed=True,
                                       metadata={"note": report["note"]})
             return
-        ref = pd.concat(list(reference_by_month.values()), ignore_index=True)
+        ref = pd.concat([features_by_month[k] for k in reference_months], ignore_index=True)
         ref_scores, cur_scores, version = _champion_scores(mlflow, params, ref, transaction_features)
-        report = {"month": month, "as_of": as_of, "reference_months": sorted(reference_by_month),
+        report = {"month": month, "as_of": as_of, "reference_months": reference_months,
                   "champion_version": version,
                   **compute_drift(ref, transaction_features, FEATURE_COLUMNS, m, ref_scores, cur_scores)}
         png = drift_png(report["features"], m.psi_threshold,
-                        f"Feature drift {month} vs {', '.join(sorted(reference_by_month))}")
+                        f"Feature drift {month} vs {', '.join(reference_months)}")
         _log_drift(mlflow, report, png)
         yield dg.Output(report, metadata={**_drift_metadata(report, png), "as_of": as_of})
         yield dg.AssetCheckResult(

@@ -3,6 +3,7 @@
 
 import base64
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
@@ -10,8 +11,9 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from fraud_assets.adapters import mlflow_registry
-from fraud_assets.core.contract import holdout_as_trained
+from fraud_assets.core.contract import holdout_as_trained, knob_changes
 from fraud_assets.core.evaluate import (
+    ORACLE,
     SCENARIO,
     choose_threshold_on,
     compare_on_holdout,
@@ -23,24 +25,35 @@ from fraud_assets.core.promote import Decision, blocking_bar_failures, confirm_c
 from fraud_assets.core.split import Split, split_by_time, split_rolling
 from fraud_assets.core.train import fit_challenger, predict_baseline, predict_calibrated, refit_model, train_baseline
 from fraud_assets.orchestration.partitions import AS_OF_TAG, months_before
-from fraud_assets.orchestration.resources import BY_PARTITION, ComputeResource, MlflowResource, ProjectResource
+from fraud_assets.orchestration.resources import (
+    BY_PARTITION,
+    LAZY,
+    ComputeResource,
+    MlflowResource,
+    PartitionFrames,
+    ProjectResource,
+)
 from fraud_assets.params import Params, TrainParams
 
 GROUP = "training"
 
 
 def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    """The training assets for ``partitions``; a partition is the holdout month."""
+    """The training assets for ``partitions``; a partition is the holdout month.
+
+    The months come in as :class:`PartitionFrames`, each read when a step looks it up: a step holds the one frame
+    its split concatenates them into, not every month beside it (and a monthly decision reads none).
+    """
     history = dg.AssetIn(
         "transaction_features",
         partition_mapping=months_before(params.split.train_months),
-        metadata={BY_PARTITION: True},
+        metadata={BY_PARTITION: True, LAZY: True},
     )
     reg = params.registry
 
     @dg.asset(group_name=GROUP, partitions_def=partitions, ins={"features_by_month": history},
               kinds={"xgboost", "mlflow"})
-    def challenger_model(context: dg.AssetExecutionContext, features_by_month: dict[str, pd.DataFrame],
+    def challenger_model(context: dg.AssetExecutionContext, features_by_month: PartitionFrames,
                          project: ProjectResource, mlflow: MlflowResource, compute: ComputeResource
                          ) -> dg.Output[dict]:
         """An XGBoost challenger, registered in MLflow: trained on the months before the holdout month, or, in a run
@@ -67,16 +80,18 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
 
     @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"mlflow"},
               ins={"features_by_month": history, "transactions_by_month": dg.AssetIn(
-                  "validated_transactions", partition_mapping=months_before(1), metadata={BY_PARTITION: True})},
+                  "validated_transactions", partition_mapping=months_before(1),
+                  metadata={BY_PARTITION: True, LAZY: True})},
               check_specs=[dg.AssetCheckSpec("challenger_meets_minimum_bars", asset="challenger_evaluation",
                                              blocking=True, description="AUPRC and ROC-AUC above promote.* bars "
                                              "(a bar the champion fails on the same holdout does not block)")])
     def challenger_evaluation(context: dg.AssetExecutionContext, challenger_model: dict,
-                              features_by_month: dict[str, pd.DataFrame],
-                              transactions_by_month: dict[str, pd.DataFrame], mlflow: MlflowResource):
+                              features_by_month: PartitionFrames, transactions_by_month: PartitionFrames,
+                              mlflow: MlflowResource):
         """The challenger, the serving champion and a logistic baseline scored on the same holdout month."""
         split = _split(context, features_by_month, params)
-        transactions = pd.concat([f for f in transactions_by_month.values() if len(f)], ignore_index=True)
+        transactions = pd.concat([_oracle_columns(f) for f in transactions_by_month.values() if len(f)],
+                                 ignore_index=True)
         result, pngs = _evaluate(split, features_by_month, challenger_model, transactions, mlflow.client(), params)
         _log_evaluation(mlflow.client(), challenger_model["run_id"], result, pngs)
         failures = blocking_bar_failures(result["challenger"], result["champion"], params.promote)
@@ -90,7 +105,7 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
 
     @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"mlflow"}, ins={"features_by_month": history})
     def promotion_decision(context: dg.AssetExecutionContext, challenger_model: dict,
-                           challenger_evaluation: dict, features_by_month: dict[str, pd.DataFrame],
+                           challenger_evaluation: dict, features_by_month: PartitionFrames,
                            project: ProjectResource, mlflow: MlflowResource, compute: ComputeResource
                            ) -> dg.Output[dict]:
         """Moves the champion alias to the challenger only when it beats the champion on the same holdout; a
@@ -129,7 +144,8 @@ def build_training_assets(params: Params, partitions: dg.PartitionsDefinition) -
     return [challenger_model, challenger_evaluation, promotion_decision]
 
 
-def _split(context: dg.AssetExecutionContext, features_by_month: dict[str, pd.DataFrame], params: Params) -> Split:
+def _split(context: dg.AssetExecutionContext, features_by_month: Mapping[str, pd.DataFrame], params: Params
+           ) -> Split:
     """The run's split: rolling as of the run's ``fraud/as_of`` tag when it has one, else by month."""
     as_of = context.run.tags.get(AS_OF_TAG)
     if as_of:
@@ -138,7 +154,7 @@ def _split(context: dg.AssetExecutionContext, features_by_month: dict[str, pd.Da
     return split_by_time(features_by_month, context.partition_key, params.split)
 
 
-def _register(run_id_dagster: str, run_name: str, split: Split, features_by_month: dict[str, pd.DataFrame],
+def _register(run_id_dagster: str, run_name: str, split: Split, features_by_month: Mapping[str, pd.DataFrame],
               versions: dict[str, str], booster: Any, calibrator: Any, threshold: float, train_params: TrainParams,
               mlflow: MlflowResource, params: Params, trials: list[dict[str, Any]] | None = None,
               extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
@@ -173,7 +189,7 @@ def _register(run_id_dagster: str, run_name: str, split: Split, features_by_mont
             **({"as_of": window["as_of"], "window": window} if window else {})}
 
 
-def _refit(context: dg.AssetExecutionContext, challenger_model: dict, features_by_month: dict[str, pd.DataFrame],
+def _refit(context: dg.AssetExecutionContext, challenger_model: dict, features_by_month: Mapping[str, pd.DataFrame],
            project: ProjectResource, mlflow: MlflowResource, compute: ComputeResource, params: Params
            ) -> dict[str, Any]:
     """Refit a promoted rolling challenger on its training, validation and holdout rows (labels as known at its
@@ -205,13 +221,15 @@ def _refit(context: dg.AssetExecutionContext, challenger_model: dict, features_b
             "rounds": challenger_model["best_iteration"] + 1, "run_id": info["run_id"]}
 
 
-def _dataset_info(split: Split, features_by_month: dict[str, pd.DataFrame], versions: dict[str, str],
+def _dataset_info(split: Split, features_by_month: Mapping[str, pd.DataFrame], versions: dict[str, str],
                   params: Params) -> dict[str, Any]:
     """Months, rows, fraud rates and DVC data versions of what a challenger learned from and is judged on."""
-    snapshots = [{"month": m, "digest": versions[m], "source": f"{params.data.dir}/{m}.parquet",
-                  "context": "evaluation" if m == split.holdout_month else "training",
-                  "rows": len(features_by_month[m]), "fraud_rate": float(features_by_month[m]["is_fraud"].mean())}
-                 for m in [*split.train_months, split.holdout_month]]
+    snapshots = []
+    for m in [*split.train_months, split.holdout_month]:
+        labels = features_by_month[m]["is_fraud"]  # each month looked up once
+        snapshots.append({"month": m, "digest": versions[m], "source": f"{params.data.dir}/{m}.parquet",
+                          "context": "evaluation" if m == split.holdout_month else "training",
+                          "rows": len(labels), "fraud_rate": float(labels.mean())})
     return {"train_months": split.train_months, "holdout_month": split.holdout_month,
             "rows_train": len(split.train), "rows_valid": len(split.valid), "rows_holdout": len(split.holdout),
             "fraud_rate_train": float(split.train["is_fraud"].mean()),
@@ -219,7 +237,7 @@ def _dataset_info(split: Split, features_by_month: dict[str, pd.DataFrame], vers
             "data_versions": versions, "snapshots": snapshots}
 
 
-def _evaluate(split: Split, features_by_month: dict[str, pd.DataFrame], challenger_model: dict,
+def _evaluate(split: Split, features_by_month: Mapping[str, pd.DataFrame], challenger_model: dict,
               transactions: pd.DataFrame, client: MlflowClient, params: Params) -> tuple[dict, dict[str, bytes]]:
     """Score challenger, champion, a logistic baseline and the simulator's oracle on the holdout; plot them."""
     name, holdout = params.registry.model_name, split.holdout
@@ -240,13 +258,15 @@ def _evaluate(split: Split, features_by_month: dict[str, pd.DataFrame], challeng
         except ValueError as exc:  # no feature definition, or one this code cannot build: not compared
             result["champion_note"] = f"champion not compared: {exc}"
         else:
-            history = [features_by_month[m] for m in sorted(features_by_month) if m < split.holdout_month]
+            # The months before the holdout are read only when the champion's features are rebuilt from them.
+            history = [features_by_month[m] for m in sorted(features_by_month) if m < split.holdout_month
+                       ] if knob_changes(loaded.features.params, params.features) else []
             features, note = holdout_as_trained(loaded.features.params, params.features, holdout, history)
             scored["champion"] = (predict_calibrated(loaded.booster, loaded.calibrator, features), loaded.threshold)
             result["champion_note"] = note
     result.update(compare_on_holdout(holdout, scored, params.evaluate))
     # The holdout's own labels (a rolling one's as known at its time), the simulator's oracle and scenario beside them
-    rows = holdout[["transaction_id", "is_fraud"]].merge(transactions.drop(columns="is_fraud"), on="transaction_id",
+    rows = holdout[["transaction_id", "is_fraud"]].merge(_oracle_columns(transactions), on="transaction_id",
                                                          how="left")
     result["oracle_average_precision"] = oracle_average_precision(rows)
     if SCENARIO in rows.columns:  # simulated data: recall at the threshold per fraud pattern
@@ -258,6 +278,12 @@ def _evaluate(split: Split, features_by_month: dict[str, pd.DataFrame], challeng
     pngs = evaluation_plots(holdout["is_fraud"].to_numpy(), scores, "challenger", challenger.threshold,
                             challenger.booster.get_score(importance_type="gain"), params.evaluate.calibration_bins)
     return result, pngs
+
+
+def _oracle_columns(transactions: pd.DataFrame) -> pd.DataFrame:
+    """What the evaluation reads of validated transactions beside the holdout: the id, and the simulator's oracle
+    and scenario where the data has them."""
+    return transactions[[c for c in ("transaction_id", ORACLE, SCENARIO) if c in transactions.columns]]
 
 
 def _log_evaluation(client: MlflowClient, run_id: str, result: dict, pngs: dict[str, bytes]) -> None:
