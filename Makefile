@@ -12,7 +12,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DAGSTER_DISABLE_TELEMETRY := 1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: install demo year test coverage lint lint-workflows up down bootstrap repro clean bench-serving bench-compute
+.PHONY: install demo year test coverage lint lint-workflows up down bootstrap repro clean bench-serving bench-compute bench-memory
 
 # Bootstrap uv when it is missing, then the locked environment (re-synced when the lock changes).
 $(VENV)/.synced: uv.lock pyproject.toml
@@ -61,6 +61,9 @@ bench-serving: install  ## bank-size serving benchmark: a bare FastAPI process v
 
 bench-compute: install  ## features + training on both compute engines at 0.3 M, 1 M, 3 M transactions: time, peak memory
 	$(BIN)/python benchmarks/bench_compute.py
+
+bench-memory: install  ## `fraud pipeline` at 1.75 M transactions: peak RSS of its process tree, KB a transaction, by step
+	$(BIN)/python benchmarks/bench_memory.py
 
 clean: down  ## remove all runtime state (Dagster home, MLflow store, DVC remote, logs)
 	rm -rf .state data/prepared data/features models
