@@ -6,11 +6,28 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from fraud_assets.settings import TELEMETRY_OFF
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def assert_features_match(got: Any, expected: Any, what: str = "") -> None:
+    """Features compared at the precision batch mode stores them (float32): both sides rounded to it, then equal
+    within 1e-9 or one float32 step. Two computations that agree to 1e-9 in float64 (batch and online, or two
+    engines summing in another order) can round to neighbouring float32 values where they straddle a rounding
+    point; nothing else passes."""
+    a = np.asarray(got, dtype=np.float64).astype(np.float32).astype(np.float64)
+    b = np.asarray(expected, dtype=np.float64).astype(np.float32).astype(np.float64)
+    assert a.shape == b.shape, f"{what}: shapes {a.shape} and {b.shape}"
+    step = np.spacing(np.abs(b).astype(np.float32)).astype(np.float64)
+    same = (a == b) | (np.isnan(a) & np.isnan(b)) | (np.abs(a - b) <= 1e-9 + step)
+    if not same.all():
+        at = np.unravel_index(np.argmax(~same), same.shape)
+        raise AssertionError(f"{what}: {int((~same).sum())} feature values differ at the stored precision, first at "
+                             f"{tuple(int(i) for i in at)}: {a[at]!r} vs {b[at]!r}")
 
 
 @pytest.fixture(autouse=True, scope="session")

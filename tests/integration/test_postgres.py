@@ -21,7 +21,7 @@ from fraud_assets.adapters.mlflow_registry import alias_history, alias_version, 
 from fraud_assets.core.months import month_range
 from fraud_assets.orchestration.definitions import build_assets
 from fraud_assets.params import load_params
-from tests.conftest import write_small_project
+from tests.conftest import assert_features_match, write_small_project
 from tests.dagster.test_pipeline import FileHashProject
 from tests.pg import pg_cluster
 
@@ -159,15 +159,15 @@ def test_the_online_store_on_postgres_gives_batch_mode_features(postgres: str) -
         got = online.matrix([tx])[0]
         assert store.add_labels([{"transaction_id": row["transaction_id"], "is_fraud": row["is_fraud"],
                                   "label_available_at": row["label_available_at"]}]) == 1
-        gap = np.abs(got - batch.loc[row["transaction_id"], FEATURE_COLUMNS].to_numpy(np.float64)).max()
-        assert gap <= 1e-9, f"{row['transaction_id']}: PostgreSQL store differs from batch mode by {gap}"
+        assert_features_match(got, batch.loc[row["transaction_id"], FEATURE_COLUMNS].to_numpy(np.float64),
+                              f"{row['transaction_id']}: PostgreSQL store against batch mode")
     assert store.count() == len(history) + len(head)
     assert store.append([tx]) == 0  # an id already stored is kept as it is
     many = OnlineFeatures(store, params.features, remember=False).matrix(
         month.iloc[120:1120][["transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount"]]
         .to_dict("records"))  # a thousand keys in one read: arrays, no parameter cap
     expected = batch.loc[month.iloc[120:1120]["transaction_id"], FEATURE_COLUMNS].to_numpy(np.float64)
-    assert np.abs(many - expected).max() <= 1e-9
+    assert_features_match(many, expected, "a thousand keys in one read")
     card = head.iloc[-1]  # the analyst page's recent transactions of a card: newest first, the same as SQLite's
     recent = store.card_transactions(card["customer_id"], int(card["tx_datetime"].timestamp()) + 1, 3)
     assert recent[0]["transaction_id"] == card["transaction_id"] and recent[0]["is_fraud"] == card["is_fraud"]
@@ -218,7 +218,7 @@ def test_an_old_postgres_store_gets_label_at_and_reads_its_labels_by_the_rule(po
     txs = first_week[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "amount"]].to_dict("records")
     got = OnlineFeatures(store, params.features, remember=False).matrix(txs)
     expected = build_features(first_week, params.features, history=history)[FEATURE_COLUMNS].to_numpy(np.float64)
-    assert np.abs(got - expected).max() <= 1e-9
+    assert_features_match(got, expected, "a migrated store against batch mode")
 
 
 def test_parity_audit_on_a_postgres_store_uses_a_scratch_schema(postgres: str, tmp_path: Path,

@@ -16,6 +16,7 @@ from fraud_assets.core.simulate import simulate_months
 from fraud_assets.params import load_params
 from fraud_assets.schemas import LABEL_AVAILABLE_AT
 from fraud_assets.stages.featurize import featurize
+from tests.conftest import assert_features_match
 from tests.scale.conftest import RayCluster, client_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -27,8 +28,7 @@ def _assert_same(local: dict[str, pd.DataFrame], remote: dict[str, pd.DataFrame]
         a, b = local[month], remote[month]
         assert list(b.columns) == list(a.columns), month
         pd.testing.assert_frame_equal(b.drop(columns=FEATURE_COLUMNS), a.drop(columns=FEATURE_COLUMNS))
-        np.testing.assert_allclose(b[FEATURE_COLUMNS].to_numpy(), a[FEATURE_COLUMNS].to_numpy(), rtol=0, atol=1e-9,
-                                   err_msg=month)
+        assert_features_match(b[FEATURE_COLUMNS].to_numpy(), a[FEATURE_COLUMNS].to_numpy(), month)
 
 
 def test_ray_features_equal_local_on_three_nodes(ray_cluster: RayCluster, tmp_path: Path) -> None:

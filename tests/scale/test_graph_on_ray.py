@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -18,7 +17,7 @@ from fraud_assets.core.months import month_range
 from fraud_assets.orchestration.definitions import build_assets
 from fraud_assets.orchestration.resources import ComputeResource
 from fraud_assets.params import load_params
-from tests.conftest import write_small_project
+from tests.conftest import assert_features_match, write_small_project
 from tests.dagster.test_pipeline import _resources
 from tests.scale.conftest import RayCluster, client_env
 
@@ -51,8 +50,7 @@ def test_asset_graph_runs_on_the_ray_engine(ray_cluster: RayCluster, tmp_path: P
     validated = {m: pd.read_parquet(state / "assets" / "validated_transactions" / f"{m}.parquet") for m in months}
     local = build_features_by_month(validated, params.features, LOCAL.features)
     for m in months:
-        np.testing.assert_allclose(stored[m][FEATURE_COLUMNS].to_numpy(), local[m][FEATURE_COLUMNS].to_numpy(),
-                                   rtol=0, atol=1e-9, err_msg=m)
+        assert_features_match(stored[m][FEATURE_COLUMNS].to_numpy(), local[m][FEATURE_COLUMNS].to_numpy(), m)
         assert (stored[m]["transaction_id"].to_numpy() == local[m]["transaction_id"].to_numpy()).all()
 
     decision = last.output_for_node("promotion_decision")
