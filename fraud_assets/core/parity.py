@@ -77,12 +77,21 @@ def _gaps(batch: np.ndarray, online: np.ndarray) -> np.ndarray:
     return np.where(both_nan, 0.0, np.where(np.isnan(gap), np.inf, gap))
 
 
+def _step(values: np.ndarray) -> np.ndarray:
+    """One step of ``values``' own dtype at each value (float64), 0 where a value is NaN or infinite."""
+    step = np.spacing(np.abs(values)).astype(np.float64)
+    return np.where(np.isfinite(step), step, 0.0)
+
+
 def compare_features(batch: pd.DataFrame, online: pd.DataFrame, columns: Sequence[str],
                      tolerance: float = TOLERANCE, worst: int = 5) -> ParityReport:
     """Compare ``online`` rows with the ``batch`` rows of the same ``transaction_id`` at the stored precision.
 
     Each online value is first cast to the dtype of the batch column (float32 if the features are stored as
-    float32), then both are compared as float64. Raises KeyError naming online ids that batch mode lacks.
+    float32), then both are compared as float64: a row differs where a gap exceeds ``tolerance`` plus one step of
+    the stored dtype at the stored value (two float64 computations within ``tolerance`` of each other can round to
+    neighbouring float32 values where they straddle a rounding point). Raises KeyError naming online ids that batch
+    mode lacks.
     """
     cols = list(columns)
     stored = batch.set_index("transaction_id")
@@ -96,10 +105,12 @@ def compare_features(batch: pd.DataFrame, online: pd.DataFrame, columns: Sequenc
     gaps = np.column_stack([
         _gaps(stored[c].to_numpy(np.float64), online[c].to_numpy().astype(stored[c].dtype).astype(np.float64))
         for c in cols]) if len(ids) else np.zeros((0, len(cols)))
-    over = gaps > tolerance
-    row_gap = gaps.max(axis=1, initial=0.0)
-    order = [i for i in np.argsort(-row_gap, kind="stable")[:worst] if row_gap[i] > tolerance]
-    rows = tuple(WorstRow(str(ids.iat[i]), pd.Timestamp(times[i]), cols[j := int(np.argmax(gaps[i]))],
+    over = gaps > tolerance + (np.column_stack([_step(stored[c].to_numpy()) for c in cols]) if len(ids)
+                               else np.zeros((0, len(cols))))
+    row_gap = np.where(over, gaps, 0.0).max(axis=1, initial=0.0)
+    order = [i for i in np.argsort(-row_gap, kind="stable")[:worst] if over[i].any()]
+    worst_gaps = np.where(over, gaps, -1.0)  # a row's worst column among those over the bound
+    rows = tuple(WorstRow(str(ids.iat[i]), pd.Timestamp(times[i]), cols[j := int(np.argmax(worst_gaps[i]))],
                           float(stored.iat[i, j]), float(online[cols[j]].iat[i]), float(gaps[i, j]))
                  for i in order)
     return ParityReport(rows_compared=len(ids), rows_differing=int(over.any(axis=1).sum()), tolerance=tolerance,

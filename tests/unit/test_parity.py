@@ -188,3 +188,16 @@ def test_the_audit_covers_labels_by_arrival_time(state: Path, monkeypatch: pytes
                  if len(row.split()) == 3 and row.split()[0] in FEATURE_COLUMNS}
     assert differing and differing <= {"terminal_fraud_rate_1d", "terminal_fraud_rate_7d", "terminal_fraud_rate_30d",
                                        "card_known_frauds", "card_known_fraud_rate", "card_days_since_known_fraud"}
+
+
+def test_parity_at_the_stored_precision_allows_one_float32_step_and_nothing_more() -> None:
+    """Two computations 1e-12 apart on either side of a float32 rounding point store neighbouring float32 values:
+    the same feature at the stored precision. Two steps apart, or a value against NaN, is a difference."""
+    low = np.float32(100.0)
+    midpoint = float(low) + float(np.spacing(low)) / 2  # where rounding to float32 flips
+    batch = pd.DataFrame({"transaction_id": ["a", "b", "c"], "f": np.array([midpoint - 1e-12, 7.0, 7.0], np.float32)})
+    online = pd.DataFrame({"transaction_id": ["a", "b", "c"], "f": [midpoint + 1e-12, 7.0 + 2 * float(np.spacing(
+        np.float32(7.0))), np.nan]})
+    report = compare_features(batch, online, ["f"])
+    assert report.rows_compared == 3 and report.rows_differing == 2
+    assert [w.transaction_id for w in report.worst] == ["c", "b"]
