@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,7 @@ def frugal_allocators() -> None:
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
+@lru_cache(maxsize=1)  # find_library runs ldconfig: once a process, not at every release
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     try:
