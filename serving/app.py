@@ -1,9 +1,9 @@
 """The Ray Serve application: one deployment with a FastAPI ingress that serves ``models:/<name>@<alias>``
 (``params.yaml`` ``registry``), and its builder. :mod:`serving.local` starts it on a local Ray.
 
-Endpoints: ``POST /predict`` (one transaction, micro-batched with ``@serve.batch``), ``POST /predict/batch``
-(up to ``serve.max_batch_rows``), ``POST /labels`` (late fraud labels), ``GET /health`` (liveness),
-``GET /ready`` (200 with the model version once a model is loaded and warmed up, else 503) and
+Endpoints: ``POST /predict`` (one transaction, micro-batched on a scoring thread: :mod:`serving.batcher`),
+``POST /predict/batch`` (up to ``serve.max_batch_rows``), ``POST /labels`` (late fraud labels), ``GET /health``
+(liveness), ``GET /ready`` (200 with the model version once a model is loaded and warmed up, else 503) and
 ``GET /metrics`` (Prometheus text of *this replica*: with several replicas each answers for itself, so
 scrape Ray's own metrics endpoint or every replica in production). OpenAPI at ``/docs``. For fraud analysts:
 ``GET /alerts`` (a day's alert queue by card, reasons in words), ``GET /performance`` (live performance per
@@ -110,6 +110,7 @@ from serving.api import (
     ValidationErrors,
     request_types,
 )
+from serving.batcher import MicroBatcher
 from serving.guard import Guard, GuardConfig, Metrics
 from serving.refusals import RefusalMemory
 
@@ -181,8 +182,11 @@ class ServiceUnavailable(Exception):
 @app.exception_handler(RequestValidationError)
 async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each bad field; the offending input is not echoed (NaN or inf would not encode as JSON)."""
-    detail = [{"loc": list(e["loc"]), "type": e["type"], "msg": e["msg"]} for e in exc.errors()]
-    return JSONResponse(status_code=422, content={"detail": detail})
+    return JSONResponse(status_code=422, content={"detail": _validation_detail(exc)})
+
+
+def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
+    return [{"loc": list(e["loc"]), "type": e["type"], "msg": e["msg"]} for e in exc.errors()]
 
 
 @app.exception_handler(ServiceUnavailable)
@@ -398,10 +402,11 @@ class FraudScorer:
             logger.warning("INSECURE LOCAL MODE: no API key, every endpoint is open to anyone who can reach it")
         self._metrics = Metrics()
         analyst_key = os.environ.get(ANALYST_KEY_ENV, "")
+        # POST /predict is answered by the guard itself (same code as the route below, which documents it): the
+        # hot path skips Starlette's routing and FastAPI's endpoint machinery (README "Serving at a bank's volume").
         Guard.configure(GuardConfig(key.encode() if key else None, max_body_bytes, self._metrics,
-                                    analyst_key.encode() if analyst_key else None, metrics_open))
-        self._score_batch.set_max_batch_size(max_batch_size)
-        self._score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+                                    analyst_key.encode() if analyst_key else None, metrics_open,
+                                    direct={"/predict": self._predict_body}))
         self._max_batch_rows = max_batch_rows
         # Card numbers become the import's tokens before any store read, log line or answer ($FRAUD_TOKEN_KEY, the
         # same key as `fraud import`'s; docs/tokens.md): the store and the log hold tokens only.
@@ -423,9 +428,10 @@ class FraudScorer:
         self._store = ResilientStore(open_store(online_store or online_store_location(), timeout_s=store_timeout_s),
                                      retry_s=store_retry_s,
                                      max_pending_rows=max_pending_rows, on_dropped=self._metrics.store_dropped.inc)
-        # /predict's micro-batches are scored here, off the event loop: a slow store holds no other request (nor
-        # /health), and requests arriving meanwhile are parsed and queue up as the next micro-batch.
-        self._scoring = ThreadPoolExecutor(1, thread_name_prefix="scoring")
+        # /predict's micro-batches are scored on a thread of their own, off the event loop: a slow store holds no
+        # other request (nor /health), and requests arriving meanwhile are parsed and queue up as the next batch.
+        self._batcher: MicroBatcher[tuple[dict[str, Any], str], dict[str, Any]] = MicroBatcher(
+            self._score_items, max_batch_size, batch_wait_timeout_s, after=self._after_items)
         self._label_sinks: list[LabelSink] = [self._log, _StoreLabels(self._store)]
         self._predictor: Predictor | None = None
         # serve.shadow: the version of ``shadow_alias`` scores beside the champion (None: no shadow scoring)
@@ -462,9 +468,22 @@ class FraudScorer:
     @app.post("/predict", response_model=Score, responses=REFUSALS, openapi_extra=KEYED)
     async def predict(self, request: Request) -> Response:
         """Score one transaction (micro-batched with concurrent requests)."""
-        transaction = self._tokenized([_parse(self._requests.transaction, await request.body())])[0]
-        self._require_predictor()
-        return _json(await self._score_batch((transaction, request.state.request_id)))
+        status, body = await self._predict_body(await request.body(), request.state.request_id)
+        return Response(body, status_code=status, media_type=JSON)
+
+    async def _predict_body(self, body: bytes, request_id: str) -> tuple[int, bytes]:
+        """``POST /predict``: the status and JSON body of the answer to ``body`` (the guard calls it directly)."""
+        try:
+            transaction = self._tokenized([_parse(self._requests.transaction, body)])[0]
+            self._require_predictor()
+            return 200, orjson.dumps(await self._batcher.submit((transaction, request_id)))
+        except RequestValidationError as exc:
+            return 422, orjson.dumps({"detail": _validation_detail(exc)})
+        except ServiceUnavailable as exc:
+            return 503, orjson.dumps({"detail": str(exc)})
+        except Exception as exc:  # as _unexpected: no stack trace in the body, the log has it with the request id
+            logger.error("unhandled error in /predict (request %s)", request_id, exc_info=exc)
+            return 500, orjson.dumps({"detail": "internal error"})
 
     @app.post("/predict/batch", response_model=ScoreBatch, openapi_extra=KEYED, responses={**REFUSALS, 413: {
         "model": ErrorDetail, "description": "more rows than serve.max_batch_rows, or a body over the limit"}})
@@ -520,14 +539,16 @@ class FraudScorer:
         return _json(await asyncio.to_thread(performance_answer, self._log.path, self._client, self._model_name,
                                              self._alias, weeks))
 
-    @serve.batch
-    async def _score_batch(self, items: list[tuple[dict[str, Any], str]]) -> list[dict[str, Any]]:
+    def _score_items(self, items: list[tuple[dict[str, Any], str]]) -> tuple[list[dict[str, Any]], Any]:
+        """A micro-batch of ``/predict`` requests scored on the batcher's thread: the answers, and what
+        :meth:`_after_items` needs once they are out."""
         transactions = [tx for tx, _ in items]
         predictor = self._require_predictor()
-        scored = await asyncio.get_running_loop().run_in_executor(self._scoring, self._score_and_remember,
-                                                                  predictor, transactions)
-        self._after_scoring(predictor, transactions, scored, [rid for _, rid in items])
-        return scored.decisions
+        scored = self._score_and_remember(predictor, transactions)
+        return scored.decisions, (predictor, transactions, scored, [rid for _, rid in items])
+
+    def _after_items(self, items: list[tuple[dict[str, Any], str]], context: Any) -> None:
+        self._after_scoring(*context)
 
     def _tokenized(self, transactions: list[dict[str, Any]]) -> list[dict[str, Any]]:
         try:
@@ -565,9 +586,14 @@ class FraudScorer:
             raise RuntimeError(f"prediction log writer stopped: {self._log.status()['last_error']}")
         if not self._store.alive():
             raise RuntimeError("online store backlog writer stopped")
+        if not self._batcher.alive():
+            raise RuntimeError("the /predict scoring thread stopped")
 
     def __del__(self) -> None:
         """Serve's graceful shutdown: the store's backlog, the shadow's waiting rows and the prediction log flushed."""
+        batcher = getattr(self, "_batcher", None)
+        if batcher is not None:  # what is queued is scored and appended first
+            batcher.close()
         store = getattr(self, "_store", None)
         if store is not None:
             store.close()

@@ -71,15 +71,25 @@ def ray_env(s: ServeParams, session_dir: Path | None = None) -> dict[str, str]:
                     "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(session_dir),
                     "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(session_dir / "server-state"),
                     "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(session_dir / "metrics.sock"),
-                    "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port(s.host)),
-                    "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port(s.host))}
+                    **dict(zip(("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"),
+                               map(str, _free_ports(s.host, s.replica_port + 101, 2)), strict=True))}
     return env
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def _free_ports(host: str, first: int, n: int) -> list[int]:
+    """``n`` ports from ``first`` up that nothing listens on now. Not the kernel's pick (port 0): that comes from the
+    ephemeral range, where any outgoing connection of Ray's (gRPC) may take the port before HAProxy binds it."""
+    found: list[int] = []
+    for port in range(first, first + 100):
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == n:
+            return found
+    raise RuntimeError(f"no {n} free ports from {first} to {first + 99} on {host} for HAProxy's stats and metrics")
 
 
 def start_serving(tracking_uri: str | None = None, host: str | None = None, port: int | None = None,

@@ -66,7 +66,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         url = start_serving(tracking_uri=uri, port=port, args=AppArgs(
             overrides=overrides, prediction_log=str(tmp / "log.sqlite"), online_store=str(store)))
         haproxy_ports = [int(os.environ[f"RAY_SERVE_HAPROXY_{name}_PORT"]) for name in ("STATS", "METRICS")]
-        yield {"url": url, "port": port, "replica_ports": _replica_ports(first_port), "haproxy_ports": haproxy_ports,
+        replica_ports = _replica_ports(first_port)
+        _servers_up(haproxy_ports[0], 2)  # a replica answering is not yet a server HAProxy sends to
+        yield {"url": url, "port": port, "replica_ports": replica_ports, "haproxy_ports": haproxy_ports,
                "booster": booster, "months": months, "version": version}
     finally:
         stop_serving()
@@ -88,6 +90,19 @@ def _replica_ports(first: int, timeout_s: float = 60) -> list[int]:
             return ready
         time.sleep(0.5)
     raise TimeoutError(f"two replicas did not answer from port {first} up")
+
+
+def _servers_up(stats_port: int, n: int, timeout_s: float = 60) -> None:
+    """Wait until HAProxy's stats page (CSV) shows ``n`` servers UP in the app's backend."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = [line.split(",") for line in httpx.get(f"http://127.0.0.1:{stats_port}/stats;csv", timeout=2).text
+                .splitlines() if line and not line.startswith("#")]
+        up = [r for r in rows if r[0].startswith("http-") and r[1] not in ("FRONTEND", "BACKEND") and r[17] == "UP"]
+        if len(up) >= n:
+            return
+        time.sleep(0.25)
+    raise TimeoutError(f"HAProxy did not show {n} servers UP within {timeout_s} s")
 
 
 def test_one_port_in_front_and_every_listener_on_loopback(served: dict) -> None:

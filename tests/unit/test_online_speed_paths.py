@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +173,56 @@ def test_a_chunked_history_read_returns_each_row_once(tmp_path: Path, monkeypatc
     assert sorted(chunked.ts.tolist()) == [1000 + i for i in expected]  # every row once (one ts per row here)
     assert sorted(zip(chunked.ts.tolist(), chunked.customer, chunked.terminal, chunked.label.tolist(), strict=True)) \
         == sorted(zip(one_read.ts.tolist(), one_read.customer, one_read.terminal, one_read.label.tolist(), strict=True))
+
+
+
+def _plain_read(conn: sqlite3.Connection, customers: list[str], terminals: list[str], since_s: int, until_s: int
+                ) -> F.Rows:
+    """The history read one row at a time, as the store read before its one-step read."""
+    from fraud_assets.adapters import online_store as store_module
+
+    in_c, in_t = ",".join("?" * len(customers)), ",".join("?" * len(terminals))
+    statement = (f"SELECT {store_module._READ} FROM transactions WHERE customer_id IN ({in_c}) AND ts >= ? AND ts < ? "
+                 f"UNION ALL SELECT {store_module._READ} FROM transactions WHERE terminal_id IN ({in_t}) "
+                 f"AND ts >= ? AND ts < ? AND customer_id NOT IN ({in_c})")
+    return store_module._rows(conn.execute(statement, [*customers, since_s, until_s, *terminals, since_s, until_s,
+                                                       *customers]).fetchall())
+
+
+def _row_set(r: F.Rows) -> list[tuple]:
+    """The rows as a sorted list, amounts by their bits, missing labels and arrivals as -1."""
+    return sorted(zip(r.ts.tolist(), r.customer, r.terminal, r.amount.view(np.int64).tolist(),
+                      np.nan_to_num(r.label, nan=-1).tolist(), np.nan_to_num(r.label_at, nan=-1).tolist(), strict=True))
+
+
+@pytest.mark.parametrize("amounts", [
+    # whole thousandths: one statement, the store's own order
+    [0.0, 0.01, 123.45, 2.675, 999_999.99, MAX_AMOUNT, 0.001, 1e11 + 0.125, 94.01, 0.3],
+    # with amounts that are not (0.1 + 0.2, a third, the smallest double, a fourth decimal, above 1e12): read row by
+    # row beside the others
+    [0.1 + 0.2, 1 / 3, 5e-324, 1e-7, 1e12 + 0.5, 12.3456, 0.0, 0.01, 123.45, MAX_AMOUNT]], ids=["exact", "mixed"])
+def test_the_one_step_history_read_returns_every_row_to_the_bit(tmp_path: Path, amounts: list[float]) -> None:
+    from fraud_assets.adapters import online_store as store_module
+
+    store = store_module.SqliteTransactionStore(tmp_path / "store.sqlite")
+    customers, terminals = ['C"1', "Ç\\2"], ["T0\n", "T1"]  # characters JSON escapes
+    store.append([{"transaction_id": f"t{i}", "tx_datetime": datetime.fromtimestamp(T0 - 100 * (i % 4), UTC),
+                   "customer_id": customers[i % 2] if i % 5 else "other", "terminal_id": ["T0\n", "T1", "T2"][i % 3],
+                   "amount": a} for i, a in enumerate(amounts)])
+    arrived = datetime.fromtimestamp(T0 - 50, UTC)
+    store.add_labels([{"transaction_id": f"t{i}", "is_fraud": i % 2, "label_available_at": arrived}
+                      for i in range(0, len(amounts), 3)])
+    got = store.history(customers, terminals, 0, T0 + 1)
+    want = _plain_read(store._connect(), customers, terminals, 0, T0 + 1)
+    assert len(want.ts) >= 6 and np.isnan(want.label).any() and np.isnan(want.label_at).any()
+    assert _row_set(got) == _row_set(want)
+    if all(round(a * 1000) / 1000 == a for a in amounts):
+        assert got.ts.tolist() == want.ts.tolist() and list(got.customer) == list(want.customer)
+        assert got.amount.tobytes() == want.amount.tobytes()
+    statement = (f"SELECT {store_module._AGGREGATED} FROM (SELECT {store_module._READ}, {store_module._EXACT} AS e "
+                 "FROM transactions WHERE customer_id IN (?) AND ts >= ? AND ts < ? UNION ALL "
+                 f"SELECT {store_module._READ}, {store_module._EXACT} AS e FROM transactions "
+                 "WHERE terminal_id IN (?) AND ts >= ? AND ts < ? AND customer_id NOT IN (?))")
+    plan = " ".join(r[-1] for r in store._connect().execute(f"EXPLAIN QUERY PLAN {statement}",
+                                                             ["A", 0, 1, "T1", 0, 1, "A"]))
+    assert plan.count("COVERING INDEX") == 2, plan
