@@ -237,6 +237,7 @@ class ServeParams(_Strict):
     ingress: Literal["haproxy", "proxy"]
     replica_port: int = Field(ge=1024, le=65000)
     store_timeout_s: PositiveFloat
+    store_read_threads: PositiveInt
     store_retry_s: PositiveFloat
     max_pending_rows: PositiveInt
     prediction_log_max_rows: PositiveInt

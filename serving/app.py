@@ -129,6 +129,9 @@ INSECURE_ENV = "FRAUD_INSECURE_LOCAL"
 MLFLOW_CLIENT_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 JSON = "application/json"
+# A SQLite online store's write-ahead log is copied into the file by a thread of its own this often, never inside the
+# commit of a scored batch (fraud_assets.adapters.online_store.SqliteTransactionStore).
+STORE_CHECKPOINT_EVERY_S = 1.0
 API_KEY_SCHEME = {"ApiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}
 KEYED = {"security": [{"ApiKey": []}]}
 REFUSALS: dict[int | str, dict[str, Any]] = {
@@ -386,7 +389,7 @@ class FraudScorer:
                  batch_wait_timeout_s: float, max_batch_rows: int, max_body_bytes: int, max_amount: float,
                  min_tx_date: date, prediction_log: str | None, online_store: str | None, insecure_local: bool = False,
                  reasons: Literal["alerts", "all"] = "alerts", store_timeout_s: float = 0.1,
-                 store_retry_s: float = 1.0, max_pending_rows: int = 100_000,
+                 store_read_threads: int = 1, store_retry_s: float = 1.0, max_pending_rows: int = 100_000,
                  prediction_log_max_rows: int = 200_000, prediction_log_retention_days: int | None = None,
                  metrics_open: bool = False, sensitive_columns: tuple[str, ...] = (),
                  shadow_alias: str | None = None) -> None:
@@ -425,7 +428,9 @@ class FraudScorer:
         self._refusals = RefusalMemory(reload_interval_s, max(300.0, reload_interval_s))
         self._log = PredictionLog(prediction_log or prediction_log_location(), max_queued_rows=prediction_log_max_rows,
                                   on_drop=self._metrics.log_dropped.inc, retention_days=prediction_log_retention_days)
-        self._store = ResilientStore(open_store(online_store or online_store_location(), timeout_s=store_timeout_s),
+        self._store = ResilientStore(open_store(online_store or online_store_location(), timeout_s=store_timeout_s,
+                                                checkpoint_every_s=STORE_CHECKPOINT_EVERY_S,
+                                                read_threads=store_read_threads),
                                      retry_s=store_retry_s,
                                      max_pending_rows=max_pending_rows, on_dropped=self._metrics.store_dropped.inc)
         # /predict's micro-batches are scored on a thread of their own, off the event loop: a slow store holds no
@@ -743,6 +748,7 @@ def build_app(args: AppArgs) -> Application:
         insecure_local=args.insecure_local,
         reasons=s.reasons,
         store_timeout_s=s.store_timeout_s,
+        store_read_threads=s.store_read_threads,
         store_retry_s=s.store_retry_s,
         max_pending_rows=s.max_pending_rows,
         prediction_log_max_rows=s.prediction_log_max_rows,

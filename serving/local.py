@@ -64,7 +64,12 @@ def ray_env(s: ServeParams, session_dir: Path | None = None) -> dict[str, str]:
 
         env |= {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": str(LOOPBACK_HAPROXY),
                 "FRAUD_HAPROXY_BINARY": get_haproxy_binary(),
-                "RAY_SERVE_CONTROLLER_CALLBACK_IMPORT_PATH": "serving.ray_hooks.no_fallback_proxy"}
+                "RAY_SERVE_CONTROLLER_CALLBACK_IMPORT_PATH": "serving.ray_hooks.no_fallback_proxy",
+                # Serve's per-request HAProxy metrics are one log datagram a request, parsed in Python by the
+                # HAProxyManager actor (a core's share of CPU under load); the replicas count every answer in their
+                # own /metrics. HAProxy's threads: one per four cores (Ray's 4 on 2 cores contend with the replicas).
+                "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+                "RAY_SERVE_HAPROXY_NBTHREAD": str(min(4, max(1, (os.cpu_count() or 1) // 4)))}
         if session_dir is not None:
             env |= {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(session_dir / "haproxy.cfg"),
                     "RAY_SERVE_HAPROXY_SOCKET_PATH": str(session_dir / "admin.sock"),

@@ -268,8 +268,10 @@ class ResilientStore:
                            self._failed_reads, self._failed_writes, self._error)
 
     def alive(self) -> bool:
-        """Whether the backlog's writer runs (Serve's health check restarts a replica without it)."""
-        return self._flusher.is_alive()
+        """Whether the backlog's writer runs, and the store's checkpoint thread when it has one (Serve's health
+        check restarts a replica without them)."""
+        checkpoints = getattr(self.store, "checkpoints_alive", None)
+        return self._flusher.is_alive() and (checkpoints is None or checkpoints())
 
     def close(self, timeout_s: float = 10.0) -> int:
         """Try a last flush, stop the writer; the number of rows that never reached the store (logged)."""
@@ -282,6 +284,9 @@ class ResilientStore:
         lost = len(self._pending)
         if lost:
             logger.error("online store: %d scored rows never reached the store (they are in the prediction log)", lost)
+        stop_checkpoints = getattr(self.store, "stop_checkpoints", None)
+        if stop_checkpoints is not None:  # after the last write: its log is copied too
+            stop_checkpoints()
         return lost
 
     # -- the rest of the protocol: straight through -----------------------------------------------------------------

@@ -226,3 +226,33 @@ def test_the_one_step_history_read_returns_every_row_to_the_bit(tmp_path: Path, 
     plan = " ".join(r[-1] for r in store._connect().execute(f"EXPLAIN QUERY PLAN {statement}",
                                                              ["A", 0, 1, "T1", 0, 1, "A"]))
     assert plan.count("COVERING INDEX") == 2, plan
+
+
+def test_a_chunked_read_on_several_connections_returns_the_same_rows_in_the_same_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fraud_assets.adapters import online_store as store_module
+
+    _old_store(tmp_path / "store.sqlite", [(f"t{i}", 1000 + i % 37, f"C{i % 23}", f"T{i % 11}", i * 0.5, i % 3 == 0)
+                                           for i in range(600)])
+    monkeypatch.setattr(store_module, "_FEW_KEYS", 3)  # 8 customer chunks and 4 terminal chunks
+    customers, terminals = [f"C{i}" for i in range(23)], [f"T{i}" for i in range(11)]
+    one = store_module.SqliteTransactionStore(tmp_path / "store.sqlite").history(customers, terminals, 1000, 1040)
+    for threads in (2, 3):
+        store = store_module.SqliteTransactionStore(tmp_path / "store.sqlite", read_threads=threads)
+        several = store.history(customers, terminals, 1000, 1040)
+        assert len(several.ts) == len(one.ts) == 600
+        assert several.ts.tolist() == one.ts.tolist() and list(several.customer) == list(one.customer)
+        assert list(several.terminal) == list(one.terminal) and several.amount.tobytes() == one.amount.tobytes()
+        np.testing.assert_array_equal(several.label, one.label)
+    real = store_module._read_aggregated
+
+    def failing(conn: sqlite3.Connection, parts: list) -> F.Rows:  # a chunk a reader thread reads fails
+        if "terminal_id IN" in parts[0][0]:
+            raise sqlite3.OperationalError("interrupted")
+        return real(conn, parts)
+
+    monkeypatch.setattr(store_module, "_read_aggregated", failing)
+    with pytest.raises(sqlite3.OperationalError, match="interrupted"):  # raised where the read was asked for
+        store.history(customers, terminals, 1000, 1040)
+    with pytest.raises(ValueError, match="read_threads"):
+        store_module.SqliteTransactionStore(tmp_path / "store.sqlite", read_threads=0)

@@ -198,3 +198,63 @@ def test_a_batch_read_gets_the_timeout_per_64_keys_up_to_30_s() -> None:
     assert read_budget_s(0.1, 1) == read_budget_s(0.1, 64) == 0.1
     assert read_budget_s(0.1, 6400) == pytest.approx(10.0)
     assert read_budget_s(0.1, 1_000_000) == 30.0 and read_budget_s(60.0, 1) == 60.0
+
+
+def test_a_batch_write_gets_the_timeout_per_1000_rows_and_reaches_the_store_not_the_backlog(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A /predict/batch of 10,000 rows under a 0.1 s statement timeout: the append gets a budget in proportion (1 s),
+    so it is written at once instead of failing into the backlog every time (0.1-0.2 s of inserts on a bank-sized
+    store). The store's clock here moves 20 ms each time SQLite's progress handler looks at it (23 times for
+    these rows): the write takes about 0.46 s of that clock, over one timeout and within its budget."""
+    from fraud_assets.adapters import online_store as store_module
+    from fraud_assets.adapters.online_store import write_budget_s
+
+    assert write_budget_s(0.1, 1) == write_budget_s(0.1, 1_000) == 0.1
+    assert write_budget_s(0.1, 10_000) == pytest.approx(1.0)
+    assert write_budget_s(0.1, 10_000_000) == 30.0 and write_budget_s(60.0, 1) == 60.0
+    guarded = ResilientStore(_seeded(tmp_path, timeout_s=0.1))
+    rows = [_tx(1_000 + i, customer=f"c{i % 3_000}", terminal=f"k{i % 5_000}", day=1 + i % 28) for i in range(10_000)]
+
+    class _SlowClock:
+        now = time.monotonic()
+
+        @classmethod
+        def monotonic(cls) -> float:
+            cls.now += 0.02
+            return cls.now
+
+    monkeypatch.setattr(store_module, "time", _SlowClock)
+    assert guarded.append(rows) == 10_000
+    status = guarded.status()
+    assert status.pending_rows == 0 and status.failed_writes == 0 and guarded.store.count() == 10_020
+    guarded.close()
+
+
+def test_serving_commits_never_checkpoint_the_log_a_thread_of_the_store_does(tmp_path: Path) -> None:
+    """SQLite's automatic checkpoint runs inside the commit that crosses 1,000 log pages (tens of ms on a bank-sized
+    store, on the answer's path); a store opened for serving leaves that to its own thread."""
+    def frames_after_appends(store: SqliteTransactionStore) -> int:
+        for i in range(400):
+            store.append([_tx(10_000 + 4 * i + j, customer=f"c{i % 50}", terminal=f"k{j}") for j in range(4)])
+        pages, copied = store.checkpoint()
+        assert copied == pages  # nothing reads meanwhile: all of it is in the database now
+        return pages
+
+    plain = SqliteTransactionStore(tmp_path / "plain.sqlite")
+    assert plain._connect().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000 and plain.checkpoints_alive()
+    assert frames_after_appends(plain) < 1_000  # its commits checkpointed on the way
+    serving = SqliteTransactionStore(tmp_path / "serving.sqlite", checkpoint_every_s=3600)
+    assert serving._connect().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    assert frames_after_appends(serving) > 1_000  # none of the 400 commits did: the log waited for the thread
+    assert serving.checkpoints_alive()
+    serving.stop_checkpoints()  # one last checkpoint, then the thread ends
+    assert not serving.checkpoints_alive() and serving.count() == 1_600
+
+    quick = ResilientStore(SqliteTransactionStore(tmp_path / "quick.sqlite", timeout_s=0.1, checkpoint_every_s=0.05))
+    quick.append([_tx(1)])
+    deadline = time.monotonic() + 10
+    while quick.store.checkpoints_done < 2 and time.monotonic() < deadline:  # the thread checkpoints on its own
+        time.sleep(0.05)
+    assert quick.store.checkpoints_done >= 2 and quick.alive()
+    quick.close()
+    assert not quick.store.checkpoints_alive() and not quick.alive()
