@@ -14,7 +14,9 @@ increasing, never one repeated. Each server starts from its own copy of the seed
   auth, no log, no batching: the reference;
 - **service**: ``fraud serve`` as a user starts it (the default mode of ``params.yaml`` and ``serving.local``).
 
-Each is measured with the same traffic: p50/p99 at 1 connection and requests/s and p99 at 16 keep-alive connections
+At the bank size both are measured three times, alternating (bare, service, bare, ...), each figure the
+median of its rounds: one run on this shared machine moves by up to a quarter. Each is measured with the same
+traffic: p50/p99 at 1 connection and requests/s and p99 at 16 keep-alive connections
 (wrk, ``--duration`` seconds each), rows/s through ``/predict/batch`` (10,000-row requests at the bank size). Beside
 them: online features alone on that store (in this process, read only), the in-process scoring time, the replica's
 own overhead (its ``X-Process-Time-Ms`` minus that in-process time, at p50) and the total RSS of every serving
@@ -62,6 +64,7 @@ class Size:
     duration_s: float
     batch_rows: int = 10_000  # rows per /predict/batch request
     traffic_months: int = 1  # simulated months after the store's: the traffic (each phase needs its own rows)
+    rounds: int = 1  # bare then service, this many times; each figure is the median of its rounds
 
     @property
     def area_size(self) -> float:
@@ -72,7 +75,7 @@ class Size:
 SIZES = {
     # A phase that runs out of rows stops early, so each slice holds more than a phase can score in its time.
     "bank": Size(5_000, 10_000, 1.95, 3, warmup=300, one_connection=40_000, sixteen_connections=70_000,
-                 batches=3, duration_s=20.0, traffic_months=2),
+                 batches=3, duration_s=20.0, traffic_months=2, rounds=3),
     "smoke": Size(300, 600, 1.0, 2, warmup=50, one_connection=400, sixteen_connections=800, batches=1,
                   duration_s=2.0, batch_rows=1_000),
 }
@@ -95,7 +98,8 @@ def _fixture(size_name: str) -> Path:
     size = SIZES[size_name]
     params = load_params()
     data = params.data.model_dump(mode="json", exclude={"sensitive_columns"})  # what the simulation depends on
-    recipe = json.dumps([asdict(size), data, params.features.model_dump(mode="json"),
+    shape = {k: v for k, v in asdict(size).items() if k != "rounds"}  # how often it is measured is not the fixture
+    recipe = json.dumps([shape, data, params.features.model_dump(mode="json"),
                          params.split.model_dump(mode="json"), params.train.model_dump(mode="json"),
                          params.evaluate.model_dump(mode="json")], sort_keys=True)
     folder = state_dir() / "bench" / f"serving-{size_name}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
@@ -457,6 +461,19 @@ def _print(result: dict[str, Any]) -> None:
         print(f"INVALID RUN: {s['degraded']:.0f} answers were degraded (store reads over serve.store_timeout_s)")
 
 
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over rounds (errors and degraded answers summed, the RSS breakdown of the first)."""
+    out: dict[str, Any] = {}
+    for key, value in runs[0].items():
+        if key in ("errors", "degraded"):
+            out[key] = sum(r[key] for r in runs)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = float(np.median([r[key] for r in runs if key in r]))
+        else:
+            out[key] = value
+    return out
+
+
 def _meets(name: str, value: float) -> bool:
     op, bound = RATIOS[name]
     return value <= bound if op == "<=" else value >= bound
@@ -470,6 +487,8 @@ def main() -> None:
                         "the bank size; required at other sizes)")
     parser.add_argument("--duration", type=float, help="seconds of each wrk phase (default: the size's)")
     parser.add_argument("--skip-bare", action="store_true", help="measure only our service (no ratios)")
+    parser.add_argument("--rounds", type=int, help="rounds of bare then service, each figure their median "
+                        "(default: the size's; the machine's noise moves one run by up to 25 %%)")
     parser.add_argument("--bare-server", nargs=3, metavar=("FIXTURE", "STORE", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
@@ -498,11 +517,19 @@ def main() -> None:
         "traffic_rows": len(used), "distinct_cards": len({t["customer_id"] for t in used}),
         "distinct_pairs": len({(t["customer_id"], t["terminal_id"]) for t in used}), "cores": os.cpu_count(),
         **bench_in_process(folder, traffic, min(2000, len(traffic) - 50))}
+    rounds: dict[str, list[dict[str, Any]]] = {"bare": [], "service": []}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as name:
-        tmp = Path(name)
-        if not args.skip_bare:
-            result["bare"] = run_bare(folder, tmp, traffic, folder / "traffic.jsonl", size)
-        result["service"], result["mode"] = run_service(folder, tmp, traffic, folder / "traffic.jsonl", size)
+        for k in range(args.rounds or size.rounds):  # alternating: a slow minute of the machine hits both sides
+            tmp = Path(name) / f"round-{k}"  # each server starts from its own fresh copy of the store
+            tmp.mkdir()
+            if not args.skip_bare:
+                rounds["bare"].append(run_bare(folder, tmp, traffic, folder / "traffic.jsonl", size))
+            service_round, result["mode"] = run_service(folder, tmp, traffic, folder / "traffic.jsonl", size)
+            rounds["service"].append(service_round)
+    if rounds["bare"]:
+        result["bare"] = _median(rounds["bare"])
+    result["service"] = _median(rounds["service"])
+    result["rounds"] = rounds
     service = result["service"]
     result["serving_rss_mb"] = service.pop("serving_rss_mb")
     if "process_time_p50_ms" in service:
