@@ -135,13 +135,17 @@ ROWS_PER_TIMEOUT = 1_000
 def read_budget_s(timeout_s: float, n_keys: int) -> float:
     """How long a history read of ``n_keys`` customers and terminals may take with a statement timeout of
     ``timeout_s``: the timeout per :data:`KEYS_PER_TIMEOUT` keys, at most :data:`MAX_READ_S` (or the timeout)."""
-    return min(max(MAX_READ_S, timeout_s), timeout_s * max(1.0, n_keys / KEYS_PER_TIMEOUT))
+    return _budget_s(timeout_s, n_keys / KEYS_PER_TIMEOUT)
 
 
 def write_budget_s(timeout_s: float, n_rows: int) -> float:
     """How long a write of ``n_rows`` rows may take with a statement timeout of ``timeout_s``: the timeout per
     :data:`ROWS_PER_TIMEOUT` rows, at most :data:`MAX_READ_S` (or the timeout)."""
-    return min(max(MAX_READ_S, timeout_s), timeout_s * max(1.0, n_rows / ROWS_PER_TIMEOUT))
+    return _budget_s(timeout_s, n_rows / ROWS_PER_TIMEOUT)
+
+
+def _budget_s(timeout_s: float, timeouts: float) -> float:
+    return min(max(MAX_READ_S, timeout_s), timeout_s * max(1.0, timeouts))
 
 
 def _scored_rows(transactions: Sequence[Mapping[str, Any]]) -> list[tuple]:
