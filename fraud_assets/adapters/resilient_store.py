@@ -12,7 +12,10 @@ short statement timeout, ``serve.store_timeout_s``) with two circuit breakers an
   of the next ``retry_s`` without trying the store. A background thread writes the backlog when the store takes
   writes again, then direct appends resume. Until then, reads merge the backlog's rows of the keys they read,
   so a card's next transaction still sees this one: a store that only refuses writes (another process holding
-  SQLite's write lock, as a seed or prune does) costs no degraded answer at all.
+  SQLite's write lock, as a seed or prune does) costs no degraded answer at all. An append that meets the SQLite
+  store's own checkpoint finishing its log (:class:`~fraud_assets.adapters.online_store.WritesHeldBack`, some
+  milliseconds a second under steady writes) takes the same way at once, without counting as a failure: no answer
+  waits for a checkpoint.
 - **Labels** that cannot be written wait in the same way (bounded by the same number) and are applied after
   the backlog's rows, so a label never misses the transaction it is for. Each carries its arrival time
   (``label_available_at``; one without it is stamped with the wall-clock time of the call), so a label written
@@ -38,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fraud_assets.adapters.online_store import Rows, StoreUnavailable, TransactionStore
+from fraud_assets.adapters.online_store import Rows, StoreUnavailable, TransactionStore, WritesHeldBack
 from fraud_assets.core.features import timestamp_parts
 from fraud_assets.schemas import LABEL_AVAILABLE_AT
 
@@ -147,7 +150,9 @@ class ResilientStore:
             return 0
         if self._clock() >= self._writes_blocked_until:  # rows still waiting need not go first: ids and times are
             try:  # explicit, and the store keeps the first copy of an id
-                return self.store.append(transactions)
+                return self.store.append(transactions, wait=False)
+            except WritesHeldBack:  # for a moment: the backlog's writer waits for the store, the answer does not
+                pass
             except self._errors as exc:
                 self._failed(exc, reads=False)
         self._queue(transactions)
@@ -258,7 +263,8 @@ class ResilientStore:
             left = bool(self._pending or self._pending_labels)
         if rows or labels:
             self._writes_blocked_until = self._reads_blocked_until = 0.0
-            logger.warning("online store is back: %d rows and %d labels written late", len(rows), len(labels))
+            if self._error is not None:  # not after a checkpoint's hold, which is no failure
+                logger.warning("online store is back: %d rows and %d labels written late", len(rows), len(labels))
             self._error = None
         return not left
 
