@@ -457,6 +457,10 @@ def _print(result: dict[str, Any]) -> None:
         print(f"replica overhead p50 {result['replica_overhead_p50_ms']:.2f} ms (X-Process-Time-Ms "
               f"{s['process_time_p50_ms']:.2f} - in-process scoring {result['scoring_p50_ms']:.2f}); "
               f"serving RSS {result['serving_rss_mb']:,.0f} MB")
+    probe = result.get("machine_probe_ms")
+    if probe:
+        print(f"machine probe (1e6 Python additions): {probe['start']:.1f} ms at the start, {probe['end']:.1f} ms at "
+              "the end (compare runs by it: this machine's speed changes by the hour)")
     if s.get("degraded"):
         print(f"INVALID RUN: {s['degraded']:.0f} answers were degraded (store reads over serve.store_timeout_s)")
 
@@ -472,6 +476,18 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def _machine_probe_ms() -> float:
+    """How fast this machine runs Python right now: the best of five runs of a loop of a million additions, in ms.
+    The ratios compare both sides within one run; this says how two runs (or two days) of it compare."""
+    def once() -> float:
+        started, total = time.perf_counter(), 0
+        for i in range(1_000_000):
+            total += i
+        return (time.perf_counter() - started) * 1000
+
+    return round(min(once() for _ in range(5)), 1)
 
 
 def _meets(name: str, value: float) -> bool:
@@ -505,7 +521,9 @@ def main() -> None:
     size = SIZES[args.size]
     if args.duration:
         size = Size(**{**asdict(size), "duration_s": args.duration})
-    print(f"{os.cpu_count()} cores; the load generator and the servers share them")
+    probe_start = _machine_probe_ms()
+    print(f"{os.cpu_count()} cores; the load generator and the servers share them; machine probe (1e6 Python "
+          f"additions) {probe_start:.1f} ms")
     folder = _fixture(args.size)
     meta = json.loads((folder / "fixture.json").read_text())
     traffic = _traffic(folder)
@@ -530,6 +548,7 @@ def main() -> None:
         result["bare"] = _median(rounds["bare"])
     result["service"] = _median(rounds["service"])
     result["rounds"] = rounds
+    result["machine_probe_ms"] = {"start": probe_start, "end": _machine_probe_ms()}
     service = result["service"]
     result["serving_rss_mb"] = service.pop("serving_rss_mb")
     if "process_time_p50_ms" in service:

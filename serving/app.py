@@ -39,7 +39,9 @@ When the store fails (:mod:`fraud_assets.adapters.resilient_store`): every state
 ``serve.store_timeout_s``; an unreadable store gives *degraded* answers for ``serve.store_retry_s`` (scored without
 the card's past, ``"degraded": true``, counted in ``/metrics``), never a 500; transactions that cannot be written
 wait in a bounded backlog that reads merge and that is written when the store is back. ``/predict``'s micro-batches
-are scored in a thread of their own, so a slow store never holds the event loop (``/health`` keeps answering).
+are scored in a thread of their own; a lone request (nothing else in flight) is scored on the event loop, which a
+stalling store then holds for at most one read and one write timeout before its breaker answers at once, so
+``/health`` keeps answering.
 
 Every scored transaction goes to the prediction log (:mod:`fraud_assets.adapters.prediction_log`) off the hot path;
 its writer's state (rows waiting, dropped, the last error) is in ``/ready``, and Serve's health check restarts a
@@ -433,10 +435,10 @@ class FraudScorer:
                                                 read_threads=store_read_threads),
                                      retry_s=store_retry_s,
                                      max_pending_rows=max_pending_rows, on_dropped=self._metrics.store_dropped.inc)
-        # /predict's micro-batches are scored on a thread of their own, off the event loop: a slow store holds no
-        # other request (nor /health), and requests arriving meanwhile are parsed and queue up as the next batch.
+        # /predict's micro-batches are scored on a thread of their own, off the event loop: requests arriving
+        # meanwhile are parsed and queue up as the next batch. A lone request is scored on the loop (no hand-off).
         self._batcher: MicroBatcher[tuple[dict[str, Any], str], dict[str, Any]] = MicroBatcher(
-            self._score_items, max_batch_size, batch_wait_timeout_s, after=self._after_items)
+            self._score_items, max_batch_size, batch_wait_timeout_s, after=self._after_items, inline_when_alone=True)
         self._label_sinks: list[LabelSink] = [self._log, _StoreLabels(self._store)]
         self._predictor: Predictor | None = None
         # serve.shadow: the version of ``shadow_alias`` scores beside the champion (None: no shadow scoring)

@@ -134,3 +134,76 @@ def test_a_cancelled_request_is_skipped_and_close_scores_what_is_queued() -> Non
 def test_a_batch_size_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         MicroBatcher(_echo([]), max_batch_size=0)
+
+
+def _threads_of(log: list[int]):
+    def score(items: list[int]) -> tuple[list[int], list[int]]:
+        log.append(threading.get_ident())
+        if items == [13]:
+            raise LookupError("no model")
+        return [i * 10 for i in items], list(items)
+
+    return score
+
+
+def test_a_lone_request_is_scored_on_the_event_loop_and_its_after_work_runs_once_its_answer_is_out() -> None:
+    threads: list[int] = []
+    order: list[str] = []
+    batcher = MicroBatcher(_threads_of(threads), max_batch_size=8, inline_when_alone=True,
+                           after=lambda items, context: order.append(f"after {context}"))
+
+    async def main() -> None:
+        assert await batcher.submit(7) == 70
+        order.append("answered")  # in the same step as the answer: the after-work comes after it
+        await asyncio.sleep(0)
+        with pytest.raises(LookupError, match="no model"):  # an error of scoring is this request's, the next goes on
+            await batcher.submit(13)
+        assert await batcher.submit(8) == 80
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    batcher.close()
+    assert threads == [threading.get_ident()] * 3  # all on this thread, the event loop's
+    assert order == ["answered", "after [7]", "after [8]"]
+    assert batcher.inline == 2 and batcher.batches == 2
+
+
+def test_requests_arriving_together_go_to_the_thread_as_one_batch_though_it_is_idle() -> None:
+    threads: list[int] = []
+    seen: list[list[int]] = []
+    score = _threads_of(threads)
+
+    def scored(items: list[int]) -> tuple[list[int], list[int]]:
+        seen.append(list(items))
+        return score(items)
+
+    batcher = MicroBatcher(scored, max_batch_size=8, inline_when_alone=True)
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(batcher.submit(i) for i in range(5)))  # one turn of the loop: together
+
+    assert asyncio.run(main()) == [0, 10, 20, 30, 40]
+    batcher.close()
+    assert seen == [[0, 1, 2, 3, 4]] and threads != [threading.get_ident()] and batcher.inline == 0
+
+
+def test_a_lone_request_waits_for_the_thread_while_a_batch_scores_and_when_a_wait_is_asked() -> None:
+    seen: list[list[int]] = []
+    gate = threading.Event()
+    busy = MicroBatcher(_echo(seen, gate), max_batch_size=8, inline_when_alone=True)
+
+    async def main() -> list[int]:
+        pair = [asyncio.ensure_future(busy.submit(i)) for i in (1, 2)]  # together: to the thread, held at the gate
+        await asyncio.sleep(0.05)
+        lone = asyncio.ensure_future(busy.submit(3))  # alone, but the thread is scoring: it queues
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(*pair, lone)
+
+    assert asyncio.run(main()) == [10, 20, 30]
+    busy.close()
+    assert seen == [[1, 2], [3]] and busy.inline == 0
+
+    waiting = MicroBatcher(_echo([]), max_batch_size=8, wait_s=0.01, inline_when_alone=True)
+    assert asyncio.run(waiting.submit(4)) == 40 and waiting.inline == 0  # a wait asks for company: the thread's
+    waiting.close()
