@@ -547,8 +547,8 @@ class FraudScorer:
                                              self._alias, weeks))
 
     def _score_items(self, items: list[tuple[dict[str, Any], str]]) -> tuple[list[dict[str, Any]], Any]:
-        """A micro-batch of ``/predict`` requests scored on the batcher's thread: the answers, and what
-        :meth:`_after_items` needs once they are out."""
+        """A micro-batch of ``/predict`` requests scored on the batcher's thread (a lone one on the event loop): the
+        answers, and what :meth:`_after_items` needs once they are out."""
         transactions = [tx for tx, _ in items]
         predictor = self._require_predictor()
         scored = self._score_and_remember(predictor, transactions)
