@@ -60,8 +60,8 @@ class MicroBatcher(Generic[Item, Answer]):
         self._inline = inline_when_alone and not wait_s  # a wait asks for company: a lone request waits for it
         self._arriving = 0  # requests deciding between the loop and the thread (event-loop side only)
         self._scoring = False  # the thread holds a batch whose answers are not out yet
-        self.batches = 0  # batches scored (for tests and /ready-style introspection)
-        self.inline = 0  # of which lone requests scored on the event loop
+        self.threaded = 0  # batches scored on the thread (written by the thread only)
+        self.inline = 0  # lone requests scored on the event loop (written by the loop only)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -85,11 +85,19 @@ class MicroBatcher(Generic[Item, Answer]):
             self._ready.notify()
         return await future
 
+    @property
+    def batches(self) -> int:
+        """Batches scored, on the thread and on the loop (for tests and introspection)."""
+        return self.threaded + self.inline
+
+    def _scored(self, items: list[Item]) -> tuple[Sequence[Answer], Any]:
+        answers, context = self._score(items)
+        if len(answers) != len(items):
+            raise RuntimeError(f"scoring returned {len(answers)} answers for {len(items)} requests")
+        return answers, context
+
     def _score_here(self, item: Item) -> Answer:
-        answers, context = self._score([item])
-        if len(answers) != 1:
-            raise RuntimeError(f"scoring returned {len(answers)} answers for 1 request")
-        self.batches += 1
+        answers, context = self._scored([item])
         self.inline += 1
         if self._after is not None:  # after the answer is sent: the rest of this task's step writes it
             asyncio.get_running_loop().call_soon(self._after_safely, [item], context)
@@ -132,13 +140,11 @@ class MicroBatcher(Generic[Item, Answer]):
         while (batch := self._next_batch()) is not None:
             items = [item for item, _, _ in batch]
             try:
-                answers, context = self._score(items)
-                if len(answers) != len(items):
-                    raise RuntimeError(f"scoring returned {len(answers)} answers for {len(items)} requests")
+                answers, context = self._scored(items)
                 error: BaseException | None = None
             except BaseException as exc:  # every request of the batch raises it (a 503 or a 500 with its id)
                 answers, context, error = [], None, exc
-            self.batches += 1
+            self.threaded += 1
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
             for i, (_, future, loop) in enumerate(batch):
                 by_loop.setdefault(loop, []).append((future, error if error is not None else answers[i]))
