@@ -38,6 +38,6 @@ def test_the_serving_benchmark_runs_at_the_smoke_size(tmp_path: Path) -> None:
         r = result[side]
         assert r["errors"] == 0 and r["requests_1"] > 0 and r["requests_16"] > 0 and r["batch_rows_s"] > 0, side
     assert set(result["ratios"]) == {"p50_1", "rps_16", "p99_16", "batch_rows"}
-    assert result["serving_rss_mb"] > 0 and result["mode"]["ingress"] == "haproxy"
+    assert result["serving_pss_mb"] > 0 and result["serving_rss_mb"] > 0 and result["mode"]["ingress"] == "haproxy"
     assert {"online_features_p99_ms", "replica_overhead_p50_ms", "targets_met"} <= set(result)
     assert "service / bare" in done.stdout and "Traceback" not in done.stderr
