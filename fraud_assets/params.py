@@ -225,6 +225,8 @@ class ServeParams(_Strict):
     min_replicas: PositiveInt
     max_replicas: PositiveInt
     target_ongoing_requests: PositiveFloat
+    upscale_delay_s: NonNegativeFloat
+    downscale_delay_s: NonNegativeFloat
     max_ongoing_requests: PositiveInt
     max_queued_requests: PositiveInt
     batch_wait_timeout_s: Share

@@ -730,6 +730,8 @@ def build_app(args: AppArgs) -> Application:
             "min_replicas": s.min_replicas,
             "max_replicas": s.max_replicas,
             "target_ongoing_requests": s.target_ongoing_requests,
+            "upscale_delay_s": s.upscale_delay_s,
+            "downscale_delay_s": s.downscale_delay_s,
         },
         logging_config={"encoding": "JSON", "enable_access_log": s.access_log},
     )

@@ -36,7 +36,9 @@ def test_config_deployment_sizes_mirror_params(config: ServeDeploySchema) -> Non
     assert deployment.max_ongoing_requests == s.max_ongoing_requests
     assert deployment.max_queued_requests == s.max_queued_requests
     assert deployment.autoscaling_config == {"min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
-                                             "target_ongoing_requests": s.target_ongoing_requests}
+                                             "target_ongoing_requests": s.target_ongoing_requests,
+                                             "upscale_delay_s": s.upscale_delay_s,
+                                             "downscale_delay_s": s.downscale_delay_s}
 
 
 def test_builder_sizes_the_deployment_from_params() -> None:
