@@ -9,24 +9,16 @@ test waits for the replicas' metrics push (every 10 s) more than for the delay.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 
 import httpx
-import pandas as pd
 import pytest
 
-from fraud_assets.adapters import mlflow_registry
-from fraud_assets.adapters.online_store import SqliteTransactionStore
-from fraud_assets.core.simulate import simulate_months
-from fraud_assets.params import load_params
-from serving.app import APP_NAME, AppArgs
-from serving.local import start_serving, stop_serving
-from tests.serving.test_ingress import _replica_ports, _servers_up
-from tests.serving.test_serving_http import _free_port, _metric, _register, _trained_booster
+from serving.app import APP_NAME
+from tests.serving.test_ingress import _predictions, _replica_ports, _servers_up, scoring_service
 
 pytestmark = pytest.mark.slow
 
@@ -36,42 +28,20 @@ CLIENTS = 6  # concurrent clients: each replica's ongoing requests stay above th
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    tmp = tmp_path_factory.mktemp("autoscaling")
-    months = simulate_months(load_params().data, "2025-01", 3)
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    version = _register(uri, (tmp / "artifacts").as_uri(), _trained_booster(months), {"threshold": "0.5"})
-    mlflow_registry.client_for(uri).set_registered_model_alias("fraud-detector", "champion", version)
-    store = tmp / "store.sqlite"
-    SqliteTransactionStore(store).seed(pd.concat([months["2025-01"], months["2025-02"]], ignore_index=True))
-    first_port = _free_port()
     overrides = {"serve.min_replicas": 1, "serve.max_replicas": 2, "serve.target_ongoing_requests": 1,
-                 "serve.upscale_delay_s": 2.0, "serve.replica_port": first_port}
-    os.environ["FRAUD_API_KEY"] = KEY
-    try:
-        url = start_serving(tracking_uri=uri, port=_free_port(), args=AppArgs(
-            overrides=overrides, prediction_log=str(tmp / "log.sqlite"), online_store=str(store)))
-        march = months["2025-03"].sort_values("tx_datetime", kind="stable")
+                 "serve.upscale_delay_s": 2.0}
+    with scoring_service(tmp_path_factory.mktemp("autoscaling"), overrides, KEY) as service:
+        march = service["months"]["2025-03"].sort_values("tx_datetime", kind="stable")
         txs = [{"transaction_id": r.transaction_id, "tx_datetime": r.tx_datetime.isoformat(),
                 "customer_id": r.customer_id, "terminal_id": r.terminal_id, "amount": float(r.amount)}
                for r in march.itertuples()]
-        yield {"url": url, "first_port": first_port, "txs": txs,
-               "stats_port": int(os.environ["RAY_SERVE_HAPROXY_STATS_PORT"])}
-    finally:
-        stop_serving()
-        os.environ.pop("FRAUD_API_KEY", None)
-
-
-def _predictions(port: int) -> float:
-    """How many transactions the replica on ``port`` scored (its own Prometheus counter)."""
-    return _metric(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10, headers={"x-api-key": KEY}).text,
-                   "fraud_predictions_total")
+        yield {**service, "txs": txs}
 
 
 def _running_replicas() -> int:
     from ray import serve
 
-    deployment = serve.status().applications[APP_NAME].deployments["FraudScorer"]
-    return sum(n for state, n in deployment.replica_states.items() if str(getattr(state, "value", state)) == "RUNNING")
+    return serve.status().applications[APP_NAME].deployments["FraudScorer"].replica_states.get("RUNNING", 0)
 
 
 def test_sustained_load_adds_a_replica_on_the_same_port_without_a_failed_request(served: dict) -> None:
@@ -99,7 +69,7 @@ def test_sustained_load_adds_a_replica_on_the_same_port_without_a_failed_request
             time.sleep(0.5)
         scaled_after_s = time.monotonic() - started
         assert _running_replicas() == 2, f"still one replica after {scaled_after_s:.0f} s of load: {dict(statuses)}"
-        _servers_up(served["stats_port"], 2)  # HAProxy sends to the new one ...
+        _servers_up(served["haproxy_ports"][0], 2)  # HAProxy sends to the new one ...
         time.sleep(2.0)  # ... while the load goes on
     finally:
         stop.set()
@@ -110,5 +80,5 @@ def test_sustained_load_adds_a_replica_on_the_same_port_without_a_failed_request
     with httpx.Client(base_url=served["url"], headers={"x-api-key": KEY}, timeout=30) as http:
         for tx in txs[-40:]:  # not scored yet: the clients stopped long before the month's end
             assert http.post("/predict", json=tx).status_code == 200
-    scored = {port: _predictions(port) for port in ports}
+    scored = {port: _predictions(port, KEY) for port in ports}
     assert all(n > 0 for n in scored.values()), scored  # both replicas answer on the one port

@@ -8,10 +8,12 @@ port needs the API key, scores like the library, and spreads requests over both 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -48,9 +50,10 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    tmp = tmp_path_factory.mktemp("haproxy")
+@contextlib.contextmanager
+def scoring_service(tmp: Path, overrides: dict[str, Any], key: str) -> Iterator[dict]:
+    """``fraud serve``'s start in this process, keyed with ``key``: a champion trained on three simulated months,
+    a store holding the first two, replicas answering from a free port up (``overrides`` size the rest)."""
     months = simulate_months(load_params().data, "2025-01", 3)
     booster = _trained_booster(months)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -59,20 +62,27 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     store = tmp / "store.sqlite"
     SqliteTransactionStore(store).seed(pd.concat([months["2025-01"], months["2025-02"]], ignore_index=True))
     first_port = _free_port()
-    overrides = {"serve.min_replicas": 2, "serve.max_replicas": 2, "serve.replica_port": first_port}
-    os.environ["FRAUD_API_KEY"] = KEY
+    os.environ["FRAUD_API_KEY"] = key
     port = _free_port()
     try:
         url = start_serving(tracking_uri=uri, port=port, args=AppArgs(
-            overrides=overrides, prediction_log=str(tmp / "log.sqlite"), online_store=str(store)))
+            overrides={**overrides, "serve.replica_port": first_port}, prediction_log=str(tmp / "log.sqlite"),
+            online_store=str(store)))
         haproxy_ports = [int(os.environ[f"RAY_SERVE_HAPROXY_{name}_PORT"]) for name in ("STATS", "METRICS")]
-        replica_ports = _replica_ports(first_port)
-        _servers_up(haproxy_ports[0], 2)  # a replica answering is not yet a server HAProxy sends to
-        yield {"url": url, "port": port, "replica_ports": replica_ports, "haproxy_ports": haproxy_ports,
+        yield {"url": url, "port": port, "first_port": first_port, "haproxy_ports": haproxy_ports,
                "booster": booster, "months": months, "version": version}
     finally:
         stop_serving()
         os.environ.pop("FRAUD_API_KEY", None)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    overrides = {"serve.min_replicas": 2, "serve.max_replicas": 2}
+    with scoring_service(tmp_path_factory.mktemp("haproxy"), overrides, KEY) as service:
+        replica_ports = _replica_ports(service["first_port"])
+        _servers_up(service["haproxy_ports"][0], 2)  # a replica answering is not yet a server HAProxy sends to
+        yield {**service, "replica_ports": replica_ports}
 
 
 def _replica_ports(first: int, timeout_s: float = 60) -> list[int]:
@@ -129,7 +139,7 @@ def test_it_needs_the_key_scores_like_batch_mode_on_both_replicas(served: dict) 
     assert sum(scored) == len(txs) and min(scored) > 0  # HAProxy spread them over both replicas
 
 
-def _predictions(port: int) -> float:
+def _predictions(port: int, key: str = KEY) -> float:
     """How many transactions the replica on ``port`` scored (its own Prometheus counter)."""
-    return _metric(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10, headers={"x-api-key": KEY}).text,
+    return _metric(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10, headers={"x-api-key": key}).text,
                    "fraud_predictions_total")
